@@ -29,6 +29,7 @@ from typing import Any
 
 from mathvlm.hf.io import (  # noqa: F401
     HFFormat,
+    RenamedTensors,
     WeightSpec,
     load_from_tensors,
     read_config,
@@ -88,15 +89,19 @@ def format_for_model(model) -> HFFormat:
                     f"{[c.__name__ for classes, _ in _SAVERS for c in classes]}")
 
 
-def from_pretrained(path: str | os.PathLike, *, mesh=None, rules=None, **options):
+def from_pretrained(path: str | os.PathLike, *, mesh=None, rules=None, rename_keys=None, **options):
     """Load a local HF folder into the matching mathvlm model.
 
     ``options`` go to the format's ``build`` (for decoders: ``dtype``, ``param_dtype``,
     ``scan_layers``, ``remat`` and other :class:`~mathvlm.models.decoder.DecoderConfig` overrides).
-    With ``mesh`` and ``rules`` every parameter is placed sharded as it is read."""
+    With ``mesh`` and ``rules`` every parameter is placed sharded as it is read. ``rename_keys``
+    (``{old_prefix: new_prefix}`` or a callable ``key -> key | None``) renames checkpoint keys before
+    they are matched, for files with a non-standard layout; the key prefixes of other transformers
+    versions are already accepted (each format's ``key_aliases``)."""
     hf_config = read_config(path)
     fmt = format_for_config(hf_config)
-    return load_from_tensors(fmt, hf_config, read_safetensors(path), mesh=mesh, rules=rules, **options)
+    return load_from_tensors(fmt, hf_config, read_safetensors(path), mesh=mesh, rules=rules,
+                             rename_keys=rename_keys, **options)
 
 
 def save_pretrained(model, path: str | os.PathLike) -> None:

@@ -44,6 +44,9 @@ class HFFormat:
 
     # HF keys that are fine to find in a file and skip (regex-free suffix match).
     ignore_suffixes: tuple[str, ...] = ()
+    # (old prefix, canonical prefix) pairs: files written by other transformers versions use other
+    # key prefixes; they are renamed to the layout :meth:`weights` names (first match wins).
+    key_aliases: tuple[tuple[str, str], ...] = ()
 
     def build(self, hf_config: dict[str, Any], **options) -> nnx.Module:
         raise NotImplementedError
@@ -109,6 +112,47 @@ def read_safetensors(path) -> LazyTensors:
     return LazyTensors(files_by_key)
 
 
+KeyRename = Mapping[str, str] | Callable[[str], str | None]
+
+
+class RenamedTensors(Mapping):
+    """A view of ``tensors`` under other key names, reading nothing until a tensor is asked for.
+
+    ``rename`` is either a mapping of key *prefixes* ``{old: new}`` (the first matching prefix in
+    insertion order is replaced; keys matching none keep their name), or a callable ``key → new key``
+    that may return None to drop a key. Two keys renamed to one name are an error."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], rename: KeyRename):
+        self._tensors = tensors
+        self._names: dict[str, str] = {}
+        for key in tensors:
+            new = _rename(key, rename)
+            if new is None:
+                continue
+            if new in self._names:
+                raise ValueError(f"checkpoint keys {self._names[new]!r} and {key!r} are both "
+                                 f"renamed to {new!r}")
+            self._names[new] = key
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._tensors[self._names[key]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _rename(key: str, rename: KeyRename) -> str | None:
+    if callable(rename):
+        return rename(key)
+    for old, new in (rename.items() if isinstance(rename, Mapping) else rename):
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
 def _flat_variables(state) -> dict[Path, nnx.Variable]:
     out = {}
     for path, var in jax.tree_util.tree_leaves_with_path(
@@ -122,11 +166,18 @@ def _fmt(path: Path) -> str:
 
 
 def load_from_tensors(fmt: HFFormat, hf_config: dict, tensors: Mapping[str, np.ndarray], *,
-                      mesh=None, rules=None, **options):
+                      mesh=None, rules=None, rename_keys: KeyRename | None = None, **options):
     """Build ``fmt``'s model abstractly, fill every parameter from ``tensors`` and return it.
 
-    Raises ``ValueError`` naming every expected tensor that is missing and every tensor in the files
-    that the model does not use. With ``mesh``/``rules`` each parameter is placed as it is read."""
+    Checkpoint keys are first renamed by ``rename_keys`` (see :class:`RenamedTensors`: prefix
+    mapping or callable), then by the format's ``key_aliases``, and only then matched against
+    :meth:`HFFormat.weights`. Raises ``ValueError`` naming every expected tensor that is missing and
+    every (renamed) tensor in the files that the model does not use. With ``mesh``/``rules`` each
+    parameter is placed as it is read."""
+    if rename_keys is not None:
+        tensors = RenamedTensors(tensors, rename_keys)
+    if fmt.key_aliases:
+        tensors = RenamedTensors(tensors, fmt.key_aliases)
     abstract = nnx.eval_shape(lambda: fmt.build(hf_config, **options))
     graphdef, abstract_state = nnx.split(abstract)
     variables = _flat_variables(abstract_state)

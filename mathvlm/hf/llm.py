@@ -15,18 +15,57 @@ from flax import nnx
 
 from mathvlm.hf import HFFormat, WeightSpec, register_hf
 from mathvlm.models.decoder import DecoderConfig, DecoderLM
+from mathvlm.models.layers import check_rope_scaling
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                   "qwen2": "Qwen2ForCausalLM"}
 
 
-def _rope_theta(hf: dict) -> float:
-    params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    kind = params.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if kind != "default":
-        raise NotImplementedError(f"rope scaling {kind!r} is not supported (only default RoPE)")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+# Scaling parameters mathvlm models (see mathvlm.models.layers.rope_inv_freq); others must be absent.
+_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def rope_from_hf(hf: dict) -> tuple[float, dict | None]:
+    """``(rope_theta, rope_scaling or None)`` from a config.json dict.
+
+    transformers ≥ 5 writes ``rope_parameters`` (type, θ and scaling together); older files have a
+    top-level ``rope_theta`` and an optional ``rope_scaling`` (``type`` or ``rope_type``). Like
+    transformers 5.23, a ``rope_scaling`` entry wins over ``rope_parameters``."""
+    params = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+    kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    theta = float(params.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+    if params.pop("partial_rotary_factor", 1.0) != 1.0:
+        raise NotImplementedError("partial_rotary_factor != 1")
+    if kind == "default":
+        return theta, None
+    unknown = sorted(set(params) - set(_SCALING_KEYS))
+    if unknown:
+        raise NotImplementedError(f"rope scaling {kind!r} with parameters {unknown}")
+    if kind == "llama3":
+        params.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings"))
+    elif kind == "dynamic":
+        # transformers' dynamic NTK always scales relative to max_position_embeddings.
+        params["original_max_position_embeddings"] = hf.get("max_position_embeddings", 4096)
+    return theta, check_rope_scaling({"rope_type": kind, **params})
+
+
+def rope_to_hf(c: DecoderConfig) -> dict[str, Any]:
+    """config.json RoPE entries: ``rope_theta`` + ``rope_parameters`` (transformers 5) and, with
+    scaling, ``rope_scaling`` (what transformers 4.x reads; 5.23 reads it too, identically)."""
+    out = {"rope_theta": c.rope_theta,
+           "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta}}
+    if c.rope_scaling is None:
+        return out
+    scaling = dict(c.rope_scaling)
+    if scaling["rope_type"] == "dynamic":
+        # Not a transformers key for dynamic: it is max_position_embeddings there.
+        if scaling.pop("original_max_position_embeddings") != c.max_position:
+            raise ValueError("transformers' dynamic RoPE scales relative to max_position_embeddings; "
+                             "original_max_position_embeddings must equal max_position")
+    out["rope_parameters"] = {**scaling, "rope_theta": c.rope_theta}
+    out["rope_scaling"] = dict(scaling)
+    return out
 
 
 def config_from_hf(hf: dict[str, Any], **overrides) -> DecoderConfig:
@@ -46,12 +85,13 @@ def config_from_hf(hf: dict[str, Any], **overrides) -> DecoderConfig:
     elif arch == "qwen2" and hf.get("use_sliding_window"):
         raise NotImplementedError("Qwen2 use_sliding_window=True")
     attention_bias = bool(hf.get("attention_bias", False))
+    theta, scaling = rope_from_hf(hf)
     values = {
         "vocab_size": hf["vocab_size"], "hidden_size": hf["hidden_size"],
         "intermediate_size": hf["intermediate_size"], "num_layers": hf["num_hidden_layers"],
         "num_heads": heads, "num_kv_heads": hf.get("num_key_value_heads") or heads,
         "head_dim": hf.get("head_dim") or hf["hidden_size"] // heads,
-        "rope_theta": _rope_theta(hf), "rms_eps": hf.get("rms_norm_eps", 1e-6),
+        "rope_theta": theta, "rope_scaling": scaling, "rms_eps": hf.get("rms_norm_eps", 1e-6),
         "qkv_bias": arch == "qwen2" or attention_bias, "o_bias": arch != "qwen2" and attention_bias,
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
         "max_position": hf.get("max_position_embeddings", 4096), "sliding_window": sliding,
@@ -74,8 +114,7 @@ def config_to_hf(c: DecoderConfig) -> dict[str, Any]:
         "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_layers,
         "num_attention_heads": c.num_heads, "num_key_value_heads": c.num_kv_heads,
         "head_dim": c.head_dim, "hidden_act": "silu", "rms_norm_eps": c.rms_eps,
-        "rope_theta": c.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+        **rope_to_hf(c),
         "max_position_embeddings": c.max_position, "tie_word_embeddings": c.tie_embeddings,
         "initializer_range": c.init_std, "dtype": c.param_dtype, "torch_dtype": c.param_dtype,
     }

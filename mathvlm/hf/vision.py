@@ -1,26 +1,25 @@
-"""HF vision families ↔ mathvlm: ``CLIPVisionModel``, ``SiglipVisionModel``, ``CLIPModel`` and
-``LlavaForConditionalGeneration``. Read from config.json + safetensors only (no torch, pickle or
-remote code).
+"""HF vision families ↔ mathvlm: ``CLIPVisionModel``, ``SiglipVisionModel``, ``CLIPModel``,
+``SiglipModel``, ``CLIPTextModel``, ``SiglipTextModel`` and ``LlavaForConditionalGeneration``. Read from config.json + safetensors only (no
+torch, pickle or remote code).
 
 Torch layouts: linear ``(out, in)`` → our ``(in, out)`` (attention kernels with heads split out);
 patch conv ``(out, in, kh, kw)`` → ``(kh, kw, in, out)``. Checkpoints of other transformers versions
 use other key prefixes (``vision_model.``, ``model.vision_tower.``, ``model.language_model.`` ...):
-:func:`from_pretrained` here renames them to the transformers-5.23 layout first.
+each format's ``key_aliases`` rename them to the transformers-5.23 layout first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
 
 import numpy as np
 from flax import nnx
 
 from mathvlm.hf import HFFormat, WeightSpec, register_hf
-from mathvlm.hf.io import load_from_tensors, read_config, read_safetensors
 from mathvlm.hf.llm import config_from_hf, config_to_hf, decoder_weights
 from mathvlm.models.dual_encoder import DualEncoder
-from mathvlm.models.text_tower import TextTowerConfig
+from mathvlm.models.text_tower import TextTower, TextTowerConfig
 from mathvlm.models.vit import ViT, ViTConfig
 from mathvlm.models.vlm import VLM, VLMConfig
 
@@ -128,20 +127,47 @@ def vit_config_to_hf(c: ViTConfig) -> dict:
 
 
 def text_config_from_hf(hf: dict) -> TextTowerConfig:
-    return TextTowerConfig(
-        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"], max_position=hf.get("max_position_embeddings", 77),
-        layer_norm_eps=hf.get("layer_norm_eps", 1e-5), hidden_act=hf.get("hidden_act", "quick_gelu"),
-        eos_token_id=hf.get("eos_token_id", 2))
+    """CLIP (``clip_text_model``) or SigLIP (``siglip_text_model``) text config."""
+    siglip = hf.get("model_type", "").startswith("siglip")
+    values = {
+        "vocab_size": hf["vocab_size"], "hidden_size": hf["hidden_size"],
+        "intermediate_size": hf["intermediate_size"], "num_layers": hf["num_hidden_layers"],
+        "num_heads": hf["num_attention_heads"],
+        "max_position": hf.get("max_position_embeddings", 64 if siglip else 77),
+        "layer_norm_eps": hf.get("layer_norm_eps", 1e-6 if siglip else 1e-5),
+        "hidden_act": hf.get("hidden_act", "gelu_pytorch_tanh" if siglip else "quick_gelu"),
+        "eos_token_id": hf.get("eos_token_id", 49407 if siglip else 2)}
+    if siglip:
+        values.update(flavour="siglip",
+                      projection_size=hf.get("projection_size") or hf["hidden_size"])
+    return TextTowerConfig(**values)
 
 
 def text_config_to_hf(c: TextTowerConfig) -> dict:
-    return {"model_type": "clip_text_model", "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
-            "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_layers,
-            "num_attention_heads": c.num_heads, "max_position_embeddings": c.max_position,
-            "layer_norm_eps": c.layer_norm_eps, "hidden_act": c.hidden_act,
-            "eos_token_id": c.eos_token_id}
+    out = {"model_type": f"{c.flavour}_text_model", "vocab_size": c.vocab_size,
+           "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+           "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+           "max_position_embeddings": c.max_position, "layer_norm_eps": c.layer_norm_eps,
+           "hidden_act": c.hidden_act, "eos_token_id": c.eos_token_id}
+    if c.flavour == "siglip":
+        out["projection_size"] = c.projection_size or c.hidden_size
+    return out
+
+
+def text_weights(c: TextTowerConfig, hf_prefix: str = "text_model.",
+                 path_prefix: tuple = ("text_model",)) -> list[WeightSpec]:
+    """``CLIPTextTransformer`` / ``SiglipTextTransformer`` keys (SigLIP adds ``head``)."""
+    p = tuple(path_prefix)
+    specs = [WeightSpec(f"{hf_prefix}embeddings.token_embedding.weight", p + ("token_embedding",)),
+             WeightSpec(f"{hf_prefix}embeddings.position_embedding.weight",
+                        p + ("position_embedding",)),
+             WeightSpec(f"{hf_prefix}final_layer_norm.weight", p + ("final_layer_norm", "scale")),
+             WeightSpec(f"{hf_prefix}final_layer_norm.bias", p + ("final_layer_norm", "bias"))]
+    specs += encoder_weights(c.num_layers, c.hidden_size, c.num_heads, hf_prefix, p)
+    if c.flavour == "siglip":
+        specs += [WeightSpec(f"{hf_prefix}head.weight", p + ("head", "kernel"), *_linear()),
+                  WeightSpec(f"{hf_prefix}head.bias", p + ("head", "bias"))]
+    return specs
 
 
 # ------------------------------------------------------------------------------------ formats
@@ -149,6 +175,7 @@ def text_config_to_hf(c: TextTowerConfig) -> dict:
 @register_hf("clip_vision_model", "siglip_vision_model", classes=(ViT,))
 class VisionTowerFormat(HFFormat):
     ignore_suffixes = ("position_ids",)
+    key_aliases = (("vision_model.", ""),)     # transformers 4.x nests the tower one level deeper
 
     def build(self, hf_config, *, rngs=None, **overrides):
         return ViT(vit_config_from_hf(hf_config, **overrides), rngs=rngs or nnx.Rngs(0))
@@ -160,68 +187,135 @@ class VisionTowerFormat(HFFormat):
         return vit_config_to_hf(model.config)
 
 
-@register_hf("clip", classes=(DualEncoder,))
-class CLIPFormat(HFFormat):
+@register_hf("clip_text_model", "siglip_text_model", classes=(TextTower,))
+class TextTowerFormat(HFFormat):
+    """Standalone ``CLIPTextModel`` / ``SiglipTextModel`` folders."""
+    ignore_suffixes = ("position_ids",)
+    key_aliases = (("text_model.", ""),)       # transformers 4.x nests the tower one level deeper
+
+    def build(self, hf_config, *, rngs=None, **overrides):
+        return TextTower(dataclasses.replace(text_config_from_hf(hf_config), **overrides),
+                         rngs=rngs or nnx.Rngs(0))
+
+    def weights(self, model):
+        return text_weights(model.config, "", ())
+
+    def hf_config(self, model):
+        c = model.config
+        return {**text_config_to_hf(c),
+                "architectures": ["SiglipTextModel" if c.flavour == "siglip" else "CLIPTextModel"]}
+
+
+# SiglipModel stores its scalars as shape-(1,) tensors, CLIPModel as 0-d ones; ours are 0-d.
+_SCALAR_1 = (lambda x: x.reshape(()), lambda x: x.reshape(1))
+
+
+@register_hf("clip", "siglip", classes=(DualEncoder,))
+class DualEncoderFormat(HFFormat):
+    """``CLIPModel`` (projections, ``logit_scale``) and ``SiglipModel`` (no projections, text
+    ``head``, ``logit_scale`` + ``logit_bias``); the text tower's flavour picks the layout."""
     ignore_suffixes = ("position_ids",)
 
     def build(self, hf_config, *, rngs=None, **overrides):
-        if hf_config.get("vision_config", {}).get("model_type", "clip_vision_model") != "clip_vision_model":
-            raise NotImplementedError("CLIPModel with a non-CLIP vision config")
-        return DualEncoder(vit_config_from_hf({"model_type": "clip_vision_model",
-                                               **hf_config["vision_config"]}, **overrides),
-                           text_config_from_hf(hf_config["text_config"]),
-                           hf_config.get("projection_dim", 512),
+        kind = hf_config["model_type"]
+        vision_type = hf_config.get("vision_config", {}).get("model_type", f"{kind}_vision_model")
+        if vision_type != f"{kind}_vision_model":
+            raise NotImplementedError(f"{kind} model with a {vision_type!r} vision config")
+        vision = vit_config_from_hf({**hf_config["vision_config"], "model_type": vision_type},
+                                    **overrides)
+        text = text_config_from_hf({**hf_config["text_config"], "model_type": f"{kind}_text_model"})
+        if kind == "siglip":
+            # The real scalars come from the file; these inits only matter for random builds.
+            return DualEncoder(vision, text, None, logit_scale_init=math.log(10.0),
+                               logit_bias_init=-10.0, rngs=rngs or nnx.Rngs(0))
+        return DualEncoder(vision, text, hf_config.get("projection_dim", 512),
                            logit_scale_init=hf_config.get("logit_scale_init_value", math.log(1 / 0.07)),
                            rngs=rngs or nnx.Rngs(0))
 
     def weights(self, model: DualEncoder):
         t = model.text_model.config
         specs = vit_weights(model.vision_model.config, "vision_model.", ("vision_model",))
-        tp = ("text_model",)
-        specs += [WeightSpec("text_model.embeddings.token_embedding.weight", tp + ("token_embedding",)),
-                  WeightSpec("text_model.embeddings.position_embedding.weight",
-                             tp + ("position_embedding",)),
-                  WeightSpec("text_model.final_layer_norm.weight", tp + ("final_layer_norm", "scale")),
-                  WeightSpec("text_model.final_layer_norm.bias", tp + ("final_layer_norm", "bias"))]
-        specs += encoder_weights(t.num_layers, t.hidden_size, t.num_heads, "text_model.", tp)
-        specs += [WeightSpec("visual_projection.weight", ("visual_projection", "kernel"), *_linear()),
-                  WeightSpec("text_projection.weight", ("text_projection", "kernel"), *_linear()),
-                  WeightSpec("logit_scale", ("logit_scale",))]
-        return specs
+        specs += text_weights(t)
+        if t.flavour == "siglip":
+            return specs + [WeightSpec("logit_scale", ("logit_scale",), *_SCALAR_1),
+                            WeightSpec("logit_bias", ("logit_bias",), *_SCALAR_1)]
+        return specs + [
+            WeightSpec("visual_projection.weight", ("visual_projection", "kernel"), *_linear()),
+            WeightSpec("text_projection.weight", ("text_projection", "kernel"), *_linear()),
+            WeightSpec("logit_scale", ("logit_scale",))]
 
     def hf_config(self, model: DualEncoder):
+        t = model.text_model.config
         vision = vit_config_to_hf(model.vision_model.config)
         vision.pop("architectures")
+        text = text_config_to_hf(t)
+        if t.flavour == "siglip":
+            if model.projection_dim is not None or model.logit_bias is None:
+                raise ValueError("the SiglipModel layout has no projections and needs a logit_bias")
+            if vision["model_type"] != "siglip_vision_model":
+                raise ValueError("the SiglipModel layout needs a SigLIP image tower")
+            return {"architectures": ["SiglipModel"], "model_type": "siglip",
+                    "vision_config": vision, "text_config": text}
+        if model.projection_dim is None or model.logit_bias is not None:
+            raise ValueError("the CLIPModel layout needs projections and no logit_bias")
+        if vision["model_type"] != "clip_vision_model":
+            raise ValueError("the CLIPModel layout needs a CLIP image tower (use a SigLIP text tower "
+                             "for a SigLIP image tower)")
         return {"architectures": ["CLIPModel"], "model_type": "clip",
-                "projection_dim": model.visual_projection.out_shape[0],
+                "projection_dim": model.projection_dim,
                 "logit_scale_init_value": float(np.asarray(model.logit_scale.get_value())),
-                "vision_config": vision, "text_config": text_config_to_hf(model.text_model.config)}
+                "vision_config": vision, "text_config": text}
 
 
 _LLAVA_STRATEGY = {"default": "drop_first", "full": "keep_all"}
 
 
+def _check_llava_projector(c: VLMConfig) -> None:
+    """transformers' ``LlavaMultiModalProjector`` is exactly Linear → GELU → Linear with biases,
+    ``vision·n_layers → text → text``; any other projector has no LLaVA folder layout."""
+    if c.projector != "mlp2x_gelu":
+        raise ValueError(
+            f"cannot write a VLM with the {c.projector!r} projector as a transformers LLaVA folder: "
+            f"transformers' LlavaMultiModalProjector is only the 2-layer MLP (mlp2x_gelu) and "
+            f"transformers has no LLaVA class with a {c.projector!r} projector. Save the parts "
+            f"instead (save_pretrained(vlm.decoder, ...), save_pretrained(vlm.vision_tower, ...)) "
+            f"or the whole model with orbax (python -m mathvlm.convert).")
+    if c.projector_hidden not in (None, c.decoder.hidden_size):
+        raise ValueError(f"LLaVA's projector hidden width is the decoder width "
+                         f"{c.decoder.hidden_size}, not {c.projector_hidden}")
+
+
 @register_hf("llava", classes=(VLM,))
 class LlavaFormat(HFFormat):
     ignore_suffixes = ("position_ids", "rotary_emb.inv_freq")
+    # Layouts of other transformers versions (4.4x nests the towers under ``model.``).
+    key_aliases = (("model.vision_tower.vision_model.", "vision_tower."),
+                   ("model.vision_tower.", "vision_tower."),
+                   ("vision_tower.vision_model.", "vision_tower."),
+                   ("model.multi_modal_projector.", "multi_modal_projector."),
+                   ("model.language_model.model.", "language_model.model."),
+                   ("model.language_model.", "language_model.model."),
+                   ("lm_head.", "language_model.lm_head."))
 
     def build(self, hf_config, *, rngs=None, **overrides):
         if hf_config.get("projector_hidden_act", "gelu") != "gelu":
             raise NotImplementedError(f"projector_hidden_act {hf_config['projector_hidden_act']!r}")
+        if not hf_config.get("multimodal_projector_bias", True):
+            raise NotImplementedError("multimodal_projector_bias=False")
         layer = hf_config.get("vision_feature_layer", -2)
-        if not isinstance(layer, int):
-            raise NotImplementedError("multi-layer vision_feature_layer")
         v = vit_config_from_hf(hf_config["vision_config"])
         d = config_from_hf(hf_config["text_config"], **overrides)
         strategy = _LLAVA_STRATEGY[hf_config.get("vision_feature_select_strategy", "default")]
         config = VLMConfig(vision=v, decoder=d, projector="mlp2x_gelu",
                            image_token_id=hf_config.get("image_token_index",
                                                         hf_config.get("image_token_id", 32000)),
-                           feature_layer=layer, feature_strategy=strategy)
+                           feature_layer=layer if isinstance(layer, int) else tuple(layer),
+                           feature_strategy=strategy)
         return VLM(config, rngs=rngs or nnx.Rngs(0))
 
     def weights(self, model: VLM):
         c = model.config
+        _check_llava_projector(c)
         specs = vit_weights(c.vision, "vision_tower.", ("vision_tower",))
         for name in ("linear_1", "linear_2"):
             specs += [WeightSpec(f"multi_modal_projector.{name}.weight", ("projector", name, "kernel"),
@@ -233,8 +327,7 @@ class LlavaFormat(HFFormat):
 
     def hf_config(self, model: VLM):
         c = model.config
-        if c.projector != "mlp2x_gelu":
-            raise ValueError(f"LLaVA layout needs the mlp2x_gelu projector, not {c.projector!r}")
+        _check_llava_projector(c)
         vision = vit_config_to_hf(c.vision)
         vision.pop("architectures")
         strategy = {"drop_first": "default", "keep_all": "full"}.get(c.feature_strategy)
@@ -242,9 +335,10 @@ class LlavaFormat(HFFormat):
             strategy = "default"
         text = config_to_hf(c.decoder)
         text.pop("architectures")
+        layer = c.feature_layer if isinstance(c.feature_layer, int) else list(c.feature_layer)
         return {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
                 "vision_config": vision, "text_config": text, "image_token_index": c.image_token_id,
-                "projector_hidden_act": "gelu", "vision_feature_layer": c.feature_layer,
+                "projector_hidden_act": "gelu", "vision_feature_layer": layer,
                 "vision_feature_select_strategy": strategy, "multimodal_projector_bias": True,
                 "image_seq_length": c.tokens_per_image,
                 "tie_word_embeddings": c.decoder.tie_embeddings}
@@ -254,51 +348,8 @@ class LlavaFormat(HFFormat):
                                                and key.endswith("lm_head.weight"))
 
 
-# ------------------------------------------------------------------------- tolerant key prefixes
-
-# (old prefix, 5.23 prefix) per model_type; the first match wins.
-_ALIASES = {
-    "clip_vision_model": [("vision_model.", "")],
-    "siglip_vision_model": [("vision_model.", "")],
-    "llava": [("model.vision_tower.vision_model.", "vision_tower."),
-              ("model.vision_tower.", "vision_tower."),
-              ("vision_tower.vision_model.", "vision_tower."),
-              ("model.multi_modal_projector.", "multi_modal_projector."),
-              ("model.language_model.model.", "language_model.model."),
-              ("model.language_model.", "language_model.model."),
-              ("lm_head.", "language_model.lm_head.")],
-}
-
-
-class RenamedTensors(Mapping):
-    """A view of ``tensors`` under canonical (transformers 5.23) key names."""
-
-    def __init__(self, tensors: Mapping, aliases):
-        self._tensors = tensors
-        self._names = {}
-        for key in tensors:
-            new = key
-            for old, canonical in aliases:
-                if key.startswith(old):
-                    new = canonical + key[len(old):]
-                    break
-            self._names[new] = key
-
-    def __getitem__(self, key):
-        return self._tensors[self._names[key]]
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self):
-        return len(self._names)
-
-
 def from_pretrained(path, *, mesh=None, rules=None, **options):
-    """Like :func:`mathvlm.hf.from_pretrained` for the vision families, accepting the key prefixes
-    of other transformers versions."""
-    from mathvlm.hf import format_for_config
-    hf_config = read_config(path)
-    fmt = format_for_config(hf_config)
-    tensors = RenamedTensors(read_safetensors(path), _ALIASES.get(hf_config.get("model_type"), []))
-    return load_from_tensors(fmt, hf_config, tensors, mesh=mesh, rules=rules, **options)
+    """Kept for callers of the old name: :func:`mathvlm.hf.from_pretrained` itself now accepts the
+    key prefixes of other transformers versions (each format's ``key_aliases``)."""
+    from mathvlm import hf
+    return hf.from_pretrained(path, mesh=mesh, rules=rules, **options)

@@ -29,7 +29,10 @@ from mathvlm.models.layers import (
     Embedding,
     RMSNorm,
     SwiGLU,
+    check_rope_scaling,
     positions_from_mask,
+    positions_in_segments,
+    segment_key_valid,
 )
 from mathvlm.sharding import constrain
 
@@ -44,6 +47,9 @@ class DecoderConfig:
     num_kv_heads: int = 2
     head_dim: int = 16
     rope_theta: float = 10000.0
+    # transformers-style RoPE scaling ({"rope_type": "linear" | "dynamic" | "llama3", ...}) or
+    # None; stored as sorted (key, value) pairs so the config stays hashable.
+    rope_scaling: tuple | None = None
     rms_eps: float = 1e-6
     qkv_bias: bool = False          # Qwen2: True
     o_bias: bool = False            # LLaMA with attention_bias=True has an o_proj bias too
@@ -62,6 +68,14 @@ class DecoderConfig:
         object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype).name)
         if self.dtype is not None:
             object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
+        if self.rope_scaling is not None:
+            scaling = dict(self.rope_scaling)
+            if scaling.get("rope_type") == "dynamic":
+                # Dynamic NTK scales relative to the pretraining length (transformers uses
+                # max_position_embeddings).
+                scaling.setdefault("original_max_position_embeddings", self.max_position)
+            object.__setattr__(self, "rope_scaling",
+                               tuple(sorted(check_rope_scaling(scaling).items())))
         if self.arch not in ("llama", "mistral", "qwen2"):
             raise ValueError(f"arch must be llama, mistral or qwen2, got {self.arch!r}")
 
@@ -118,7 +132,8 @@ class Block(nnx.Module):
         self.input_norm = RMSNorm(c.hidden_size, eps=c.rms_eps, **kw)
         self.attn = Attention(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
                               qkv_bias=c.qkv_bias, o_bias=c.o_bias, rope_theta=c.rope_theta,
-                              sliding_window=c.sliding_window, rngs=rngs, **kw)
+                              rope_scaling=c.rope_scaling, sliding_window=c.sliding_window,
+                              rngs=rngs, **kw)
         self.post_attn_norm = RMSNorm(c.hidden_size, eps=c.rms_eps, **kw)
         self.mlp = SwiGLU(c.hidden_size, c.intermediate_size, rngs=rngs, **kw)
 
@@ -168,15 +183,18 @@ class DecoderLM(nnx.Module):
                 "valid": jnp.zeros((batch_size, max_length), bool), "index": jnp.zeros((), jnp.int32)}
 
     def __call__(self, tokens: jax.Array | None = None, *, positions=None, attention_mask=None,
-                 inputs_embeds=None, cache: dict | None = None):
+                 inputs_embeds=None, cache: dict | None = None, segment_ids=None):
         """Logits ``[batch, length, vocab]`` in float32, or ``(logits, new_cache)`` when ``cache`` is given.
 
         ``inputs_embeds`` replaces the token lookup (the VLM passes text embeddings with image features
         spliced in). ``positions`` default to the count of real tokens before each one (continuing
         from the cache), so left-padded rows get the same positions as unpadded ones.
+
+        ``segment_ids [batch, length]`` (packed rows: 1, 2, ... per example, 0 = pad) keep attention
+        inside each example; positions then default to restarting at 0 in every segment.
         """
         out = self.hidden(tokens, positions=positions, attention_mask=attention_mask,
-                          inputs_embeds=inputs_embeds, cache=cache)
+                          inputs_embeds=inputs_embeds, cache=cache, segment_ids=segment_ids)
         h, new_cache = (out, None) if cache is None else out
         if self.lm_head is None:
             logits = self.embed_tokens.attend(h)
@@ -187,7 +205,7 @@ class DecoderLM(nnx.Module):
         return logits if cache is None else (logits, new_cache)
 
     def hidden(self, tokens: jax.Array | None = None, *, positions=None, attention_mask=None,
-               inputs_embeds=None, cache: dict | None = None):
+               inputs_embeds=None, cache: dict | None = None, segment_ids=None):
         """Final-norm hidden states ``[batch, length, embed]`` (plus the new cache when given one):
         what :meth:`__call__` multiplies by :meth:`unembed_kernel`. Lets a chunked loss skip the full
         ``[batch, length, vocab]`` logits."""
@@ -197,11 +215,23 @@ class DecoderLM(nnx.Module):
             h = inputs_embeds.astype(self.config.compute_dtype)
         h = constrain(h, ("batch", "length", "act_embed"))
         batch, length = h.shape[:2]
-        if attention_mask is None:
-            mask = jnp.ones((batch, length), bool)
-        else:
+        if segment_ids is not None and cache is not None:
+            raise ValueError("segment_ids (packed rows) are for training; generation with a KV cache "
+                             "runs one example per row")
+        if attention_mask is not None:
             mask = jnp.asarray(attention_mask).astype(bool)
-        if cache is None:
+        elif segment_ids is not None:
+            mask = jnp.asarray(segment_ids) > 0
+        else:
+            mask = jnp.ones((batch, length), bool)
+        if segment_ids is not None:
+            segment_ids = jnp.asarray(segment_ids, jnp.int32)
+            # Padding and segment boundaries in one per-query key mask shared by every layer.
+            key_valid = segment_key_valid(jnp.where(mask, segment_ids, 0))
+            query_slots, cache_index, start = jnp.arange(length)[None], None, 0
+            if positions is None:
+                positions = positions_in_segments(segment_ids)
+        elif cache is None:
             key_valid, query_slots, cache_index, start = mask, jnp.arange(length)[None], None, 0
         else:
             cache_index = cache["index"]

@@ -1,9 +1,15 @@
-"""Contrastive image–text dual encoder (CLIP; SigLIP-style scale + bias when ``logit_bias`` is set).
+"""Contrastive image–text dual encoders: CLIP and SigLIP.
 
 ``DualEncoder(...)(images, tokens, attention_mask=None)`` returns a dict with L2-normalised
 ``image_embeds [b, p]``, ``text_embeds [b, p]``, ``logit_scale`` (already exponentiated) and
-``logit_bias`` (None for CLIP). ``logits_per_image = scale * image @ text.T (+ bias)``: the loss
+``logit_bias`` (None for CLIP). ``logits_per_image = exp(s) * image @ text.T (+ bias)``: the loss
 functions live in :mod:`mathvlm.losses`.
+
+* CLIP (HF ``CLIPModel``): bias-free ``visual_projection`` / ``text_projection`` to ``projection_dim``
+  on the pooled tower outputs; ``s`` initialised to log(1/0.07), no bias.
+* SigLIP (HF ``SiglipModel``, ``projection_dim=None``): no projections in the dual encoder — the
+  image side is the MAP head's output, the text side the text tower's ``head``; ``s`` and ``b``
+  initialised to log 10 and -10 (SigLIP paper).
 """
 
 from __future__ import annotations
@@ -25,25 +31,48 @@ def _normalise(x):
 
 
 class DualEncoder(nnx.Module):
-    def __init__(self, vision: ViTConfig, text: TextTowerConfig, projection_dim: int, *,
+    def __init__(self, vision: ViTConfig, text: TextTowerConfig, projection_dim: int | None, *,
                  logit_scale_init: float = math.log(1 / 0.07), logit_bias_init: float | None = None,
                  rngs: nnx.Rngs):
         self.vision_model = ViT(vision, rngs=rngs)
         self.text_model = TextTower(text, rngs=rngs)
-        self.visual_projection = Dense(vision.hidden_size, projection_dim, axes=("embed", "mlp"),
-                                       rngs=rngs)
-        self.text_projection = Dense(text.hidden_size, projection_dim, axes=("embed", "mlp"),
-                                     rngs=rngs)
+        # Width of the text tower's pooled output (a SigLIP tower projects it with its head).
+        text_width = ((text.projection_size or text.hidden_size) if text.flavour == "siglip"
+                      else text.hidden_size)
+        if projection_dim is None:
+            # SigLIP: both pooled outputs are already in the shared space.
+            if not vision.use_head:
+                raise ValueError("a dual encoder without projections needs the vision MAP head "
+                                 "(use_head=True) to pool the image")
+            if text.flavour != "siglip" or text_width != vision.hidden_size:
+                raise ValueError(f"without projections the text tower must be a SigLIP one whose head "
+                                 f"outputs the vision width {vision.hidden_size}; got flavour "
+                                 f"{text.flavour!r}, width {text_width}")
+            self.visual_projection = self.text_projection = None
+        else:
+            self.visual_projection = Dense(vision.hidden_size, projection_dim, axes=("embed", "mlp"),
+                                           rngs=rngs)
+            self.text_projection = Dense(text_width, projection_dim, axes=("embed", "mlp"), rngs=rngs)
         # Scalars are learned in log space (CLIP init log(1/0.07)); SigLIP adds a bias (init -10).
         self.logit_scale = nnx.Param(jnp.asarray(logit_scale_init, jnp.float32), out_sharding=())
         self.logit_bias = (None if logit_bias_init is None else
                            nnx.Param(jnp.asarray(logit_bias_init, jnp.float32), out_sharding=()))
 
+    @property
+    def projection_dim(self) -> int | None:
+        return None if self.visual_projection is None else self.visual_projection.out_shape[0]
+
     def image_embeds(self, images):
-        return _normalise(self.visual_projection(self.vision_model(images)[1]))
+        pooled = self.vision_model(images)[1]
+        if self.visual_projection is not None:
+            pooled = self.visual_projection(pooled)
+        return _normalise(pooled)
 
     def text_embeds(self, tokens, attention_mask=None):
-        return _normalise(self.text_projection(self.text_model(tokens, attention_mask)[1]))
+        pooled = self.text_model(tokens, attention_mask)[1]
+        if self.text_projection is not None:
+            pooled = self.text_projection(pooled)
+        return _normalise(pooled)
 
     def __call__(self, images, tokens, attention_mask=None):
         return {"image_embeds": self.image_embeds(images),
@@ -67,12 +96,13 @@ def clip_dual_encoder(vision_preset="tiny", text_preset="tiny", projection_dim: 
 
 
 @registry.register("model", "siglip_dual_encoder")
-def siglip_dual_encoder(vision_preset="siglip-tiny", text_preset="tiny", projection_dim: int = 24,
-                        *, rngs: nnx.Rngs, vision=None, text=None) -> DualEncoder:
-    """SigLIP-style scale+bias (init log 10, -10) on top of the towers. The image side pools with
-    the MAP head when the preset has one, otherwise like CLIP. (The SigLIP *text* tower is not
-    ported: the text side is the CLIP tower.)"""
+def siglip_dual_encoder(vision_preset="siglip-tiny", text_preset="siglip-tiny", *, rngs: nnx.Rngs,
+                        vision=None, text=None) -> DualEncoder:
+    """HF ``SiglipModel``: SigLIP image tower (MAP head) + SigLIP text tower (last-token ``head``),
+    no projections, scale+bias init log 10 and -10. The text head's width defaults to the vision
+    width so the two embeddings live in one space."""
     v = ViTConfig(**{**VIT_PRESETS[vision_preset], **(vision or {})})
-    t = TextTowerConfig(**{**TEXT_PRESETS[text_preset], **(text or {})})
-    return DualEncoder(v, t, projection_dim, logit_scale_init=math.log(10.0), logit_bias_init=-10.0,
+    t = TextTowerConfig(**{"projection_size": v.hidden_size, **TEXT_PRESETS[text_preset],
+                           **(text or {})})
+    return DualEncoder(v, t, None, logit_scale_init=math.log(10.0), logit_bias_init=-10.0,
                        rngs=rngs)

@@ -115,9 +115,70 @@ class RMSNorm(nnx.Module):
 
 # ------------------------------------------------------------------------------------------ rotary
 
-def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos, sin of shape ``positions.shape + (head_dim,)`` (halves repeated: rotate-half layout)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+ROPE_SCALING_KEYS = {   # rope_type → required parameters (transformers' ``rope_parameters``)
+    "linear": ("factor",),
+    "dynamic": ("factor", "original_max_position_embeddings"),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def check_rope_scaling(scaling) -> dict | None:
+    """``scaling`` (a dict or ``((key, value), ...)``) as a dict, after checking its type and keys."""
+    if scaling is None:
+        return None
+    scaling = dict(scaling)
+    kind = scaling.get("rope_type")
+    if kind not in ROPE_SCALING_KEYS:
+        raise NotImplementedError(f"rope scaling {kind!r} is not supported; supported: "
+                                  f"{sorted(ROPE_SCALING_KEYS)} (or None for plain RoPE)")
+    missing = [k for k in ROPE_SCALING_KEYS[kind] if k not in scaling]
+    if missing:
+        raise ValueError(f"rope scaling {kind!r} needs {missing}; got {scaling}")
+    return scaling
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling=None, positions=None) -> jax.Array:
+    """Inverse frequencies ``ω_i = θ^(-2i/d)``, ``i < d/2``, with transformers' scaling rules:
+
+    * ``linear`` (position interpolation): ``ω_i / factor``.
+    * ``dynamic`` (NTK-aware): ``θ' = θ·(factor·L/L₀ − (factor − 1))^(d/(d−2))`` with
+      ``L = max(max(positions) + 1, L₀)``, ``L₀ = original_max_position_embeddings``; so plain RoPE
+      up to ``L₀``. Stateless: each call uses its own positions (transformers keeps the largest
+      length seen so far in the module, which only differs across calls).
+    * ``llama3``: wavelengths ``λ = 2π/ω`` longer than ``L₀/low_freq_factor`` are divided by
+      ``factor``, shorter than ``L₀/high_freq_factor`` kept, in between interpolated with
+      ``s = (L₀/λ − low)/(high − low)``: ``ω' = (1 − s)·ω/factor + s·ω``.
+
+    Everything in float32 in the same order as transformers, for bit-level parity."""
+    scaling = check_rope_scaling(scaling)
+    exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    kind = scaling["rope_type"] if scaling else None
+    if kind == "dynamic":
+        factor, base_len = scaling["factor"], scaling["original_max_position_embeddings"]
+        # The length is data-dependent: computed with jnp so this stays jit-compatible.
+        length = jnp.maximum(jnp.max(positions) + 1, base_len).astype(jnp.float32)
+        theta = theta * ((factor * length / base_len) - (factor - 1)) ** (head_dim / (head_dim - 2))
+    inv_freq = 1.0 / (theta ** exponents)
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        base_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * jnp.pi / inv_freq
+        scaled = jnp.where(wavelen > base_len / low, inv_freq / factor, inv_freq)
+        smooth = (base_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < base_len / high) & ~(wavelen > base_len / low)
+        inv_freq = jnp.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float,
+                scaling=None) -> tuple[jax.Array, jax.Array]:
+    """cos, sin of shape ``positions.shape + (head_dim,)`` (halves repeated: rotate-half layout).
+
+    ``scaling``: None (plain RoPE) or transformers-style parameters, see :func:`rope_inv_freq`."""
+    inv_freq = rope_inv_freq(head_dim, theta, scaling, positions)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
@@ -143,13 +204,32 @@ def attention_mask(query_slots: jax.Array, key_valid: jax.Array,
 
     ``query_slots [batch or 1, q_len]`` are the sequence (or cache) slots of the queries; keys sit in
     slots ``0..k_len-1``. Without a cache, ``query_slots = arange(length)``: a causal + padding mask.
+    ``key_valid`` may also be per query, ``[batch, q_len, k_len]`` (see :func:`segment_key_valid`), so
+    packed rows reach every layer without another argument.
     """
     key_slots = jnp.arange(key_valid.shape[-1])
     q = query_slots[..., :, None]
-    visible = (key_slots[None, None, :] <= q) & key_valid[:, None, :].astype(bool)
+    valid = key_valid.astype(bool)
+    visible = (key_slots[None, None, :] <= q) & (valid if valid.ndim == 3 else valid[:, None, :])
     if sliding_window is not None:
         visible &= q - key_slots[None, None, :] < sliding_window
     return visible
+
+
+def segment_key_valid(segment_ids: jax.Array) -> jax.Array:
+    """Per-query key validity ``[batch, length, length]`` of packed rows: a query sees only real keys
+    (segment id > 0) of its own segment, so packed examples never attend to each other."""
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return same & (segment_ids > 0)[:, None, :]
+
+
+def positions_in_segments(segment_ids: jax.Array) -> jax.Array:
+    """Positions that restart at 0 at the first token of every segment of a packed row."""
+    idx = jnp.arange(segment_ids.shape[-1], dtype=jnp.int32)
+    prev = jnp.pad(segment_ids[..., :-1], [(0, 0)] * (segment_ids.ndim - 1) + [(1, 0)],
+                   constant_values=-1)
+    starts = jax.lax.cummax(jnp.where(segment_ids != prev, idx, 0), axis=segment_ids.ndim - 1)
+    return idx - starts
 
 
 def positions_from_mask(mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:
@@ -170,6 +250,7 @@ class Attention(nnx.Module):
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  qkv_bias: bool = False, o_bias: bool = False, rope_theta: float = 10000.0,
+                 rope_scaling=None,
                  sliding_window: int | None = None, dtype=None, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
         if num_heads % num_kv_heads:
@@ -185,13 +266,16 @@ class Attention(nnx.Module):
                             use_bias=o_bias, **kw)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.rope_theta = rope_theta
+        # Kept as a hashable tuple of items: module attributes are static graph data.
+        scaling = check_rope_scaling(rope_scaling)
+        self.rope_scaling = None if scaling is None else tuple(sorted(scaling.items()))
         self.sliding_window = sliding_window
 
     def __call__(self, x, *, positions, key_valid, query_slots, kv_cache=None, cache_index=None):
         """``x [batch, length, embed]`` → (out, new ``(k, v)`` cache or None).
 
         ``key_valid [batch, k_len]`` marks real tokens among the keys (the cache slots when cached)."""
-        cos, sin = rope_angles(positions, self.head_dim, self.rope_theta)
+        cos, sin = rope_angles(positions, self.head_dim, self.rope_theta, self.rope_scaling)
         q = apply_rope(self.q_proj(x), cos, sin)
         k = apply_rope(self.k_proj(x), cos, sin)
         v = self.v_proj(x)

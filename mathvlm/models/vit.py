@@ -11,6 +11,7 @@ gelu-tanh, post-LN, optional attention-pool head). Images are NHWC float arrays 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -225,18 +226,27 @@ class ViT(nnx.Module):
             hs.append(layer(hs[-1]))
         return hs
 
-    def features(self, images, layer: int = -2, strategy: str = "drop_cls"):
+    def features(self, images, layer: int | Sequence[int] = -2, strategy: str = "drop_cls"):
         """Patch features of hidden state ``layer`` (HF index; -2 = output of the second-to-last
         layer), with ``strategy`` "drop_cls" (LLaVA 'default'/'patch': drop the CLS token; a no-op
         for SigLIP), "drop_first" (drop token 0 whatever it is: Math-PUMA's SigLIP → 728 tokens) or
-        "keep_all". Only the layers needed are run."""
+        "keep_all". Only the layers needed are run.
+
+        ``layer`` may be a sequence ``(l₁, ..., lₙ)``: the selected states are concatenated on the
+        channel axis, ``[b, tokens, n·embed]`` in the order given (HF LLaVA's list-valued
+        ``vision_feature_layer``)."""
         if strategy not in ("drop_cls", "drop_first", "keep_all"):
             raise ValueError(f"unknown feature strategy {strategy!r}: drop_cls | drop_first | keep_all")
+        layers = (layer,) if isinstance(layer, int) else tuple(layer)
+        if not layers:
+            raise ValueError("feature layer list is empty")
         n = self.config.num_layers
-        index = layer if layer >= 0 else n + 1 + layer
-        if not 0 <= index <= n:
-            raise ValueError(f"feature layer {layer} out of range for {n} layers")
-        h = self.hidden_states(images, upto=index)[-1]
+        indices = [i if i >= 0 else n + 1 + i for i in layers]
+        for given, index in zip(layers, indices):
+            if not 0 <= index <= n:
+                raise ValueError(f"feature layer {given} out of range for {n} layers")
+        hs = self.hidden_states(images, upto=max(indices))
+        h = jnp.concatenate([hs[i] for i in indices], axis=-1) if len(indices) > 1 else hs[indices[0]]
         if strategy == "keep_all" or (strategy == "drop_cls" and not self.config.has_class_token):
             return h
         return h[:, 1:]

@@ -10,6 +10,9 @@ text-only: their embeddings are the decoder's own, so their logits equal the dec
     vlm = VLM(VLMConfig(...), rngs=nnx.Rngs(0))
     logits = vlm(tokens, images, image_mask=has_image, attention_mask=mask)   # [b, l, vocab] f32
     out = vlm.generate(tokens, images, image_mask, attention_mask, max_new_tokens=32)
+
+Templates that write one placeholder per image (Math-PUMA's ``<|image|>``, LLaVA's ``<image>``)
+go through :func:`expand_image_placeholders` first, which repeats it ``tokens_per_image`` times.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mathvlm import registry
@@ -33,8 +37,19 @@ class VLMConfig:
     projector: str = "mlp2x_gelu"          # linear | mlp2x_gelu | gated
     projector_hidden: int | None = None    # None: the decoder width
     image_token_id: int = 255
-    feature_layer: int = -2
+    # One HF hidden-state index, or several whose features are concatenated on the channel axis
+    # (the projector input is then len(feature_layer) × the vision width).
+    feature_layer: int | tuple[int, ...] = -2
     feature_strategy: str = "drop_cls"     # drop_cls | drop_first | keep_all
+
+    def __post_init__(self):
+        # Lists (from JSON / config files) become tuples so the config stays hashable.
+        if not isinstance(self.feature_layer, int):
+            object.__setattr__(self, "feature_layer", tuple(int(i) for i in self.feature_layer))
+
+    @property
+    def num_feature_layers(self) -> int:
+        return 1 if isinstance(self.feature_layer, int) else len(self.feature_layer)
 
     @property
     def tokens_per_image(self) -> int:
@@ -51,7 +66,8 @@ class VLM(nnx.Module):
         c = self.config = config
         self.vision_tower = ViT(c.vision, rngs=rngs)
         self.projector = make_projector(
-            c.projector, c.vision.hidden_size, c.decoder.hidden_size, hidden=c.projector_hidden,
+            c.projector, c.vision.hidden_size * c.num_feature_layers, c.decoder.hidden_size,
+            hidden=c.projector_hidden,
             dtype=c.decoder.dtype, param_dtype=c.decoder.param_dtype, rngs=rngs)
         self.decoder = DecoderLM(c.decoder, rngs=rngs)
 
@@ -109,6 +125,43 @@ class VLM(nnx.Module):
         embeds = self.embed(tokens, images, image_mask)
         return generate_lib.generate(self.decoder, attention_mask=attention_mask,
                                      inputs_embeds=embeds, **kwargs)
+
+
+def expand_image_placeholders(ids, image_token_id: int, tokens_per_image: int, *, mask=None,
+                              pad_id: int = 0):
+    """Host-side (numpy) expansion of single image placeholders to the ``tokens_per_image`` slots
+    :meth:`VLM.embed` fills: ``[a, IMG, b]`` → ``[a, IMG × N, b]``.
+
+    ``ids``: one sequence ``[length]`` or a batch ``[batch, length]``. ``mask`` (optional): an array
+    of the same shape, or a dict of such arrays (attention mask, loss mask, ...); each entry of a
+    placeholder is repeated N times, so the masks stay aligned with the ids. A batch grows by
+    ``(N − 1) × placeholders`` per row; shorter rows are right-padded with ``pad_id`` and mask 0.
+    Returns the ids, or ``(ids, mask)`` with ``mask`` in the structure given."""
+    if tokens_per_image < 1:
+        raise ValueError(f"tokens_per_image must be ≥ 1, got {tokens_per_image}")
+    ids = np.asarray(ids)
+    masks = mask if isinstance(mask, dict) else ({} if mask is None else {None: mask})
+    masks = {k: np.asarray(v) for k, v in masks.items()}
+    for k, v in masks.items():
+        if v.shape != ids.shape:
+            raise ValueError(f"mask {k or ''} shape {v.shape} differs from ids shape {ids.shape}")
+    single = ids.ndim == 1
+    rows = ids[None] if single else ids
+    # One repeat count per position: N for a placeholder, 1 otherwise.
+    repeats = np.where(rows == image_token_id, tokens_per_image, 1)
+    length = int(repeats.sum(axis=1).max(initial=0))
+    out = np.full((rows.shape[0], length), pad_id, ids.dtype)
+    out_masks = {k: np.zeros((rows.shape[0], length), v.dtype) for k, v in masks.items()}
+    for r in range(rows.shape[0]):
+        expanded = np.repeat(rows[r], repeats[r])
+        out[r, :len(expanded)] = expanded
+        for k, v in masks.items():
+            out_masks[k][r, :len(expanded)] = np.repeat((v[None] if single else v)[r], repeats[r])
+    if single:
+        out, out_masks = out[0], {k: v[0] for k, v in out_masks.items()}
+    if mask is None:
+        return out
+    return out, (out_masks if isinstance(mask, dict) else out_masks[None])
 
 
 @registry.register("model", "vlm")

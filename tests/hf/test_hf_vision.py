@@ -16,6 +16,10 @@ VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
           "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
 TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
         "vocab_size": 99, "max_position_embeddings": 16, "eos_token_id": 98, "bos_token_id": 97}
+# SigLIP text: narrower than the image tower, so the text ``head`` (24 → 32) is exercised.
+SIGLIP_TEXT = {"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 2,
+               "num_attention_heads": 2, "vocab_size": 99, "max_position_embeddings": 12,
+               "projection_size": 32, "eos_token_id": 98, "bos_token_id": 97, "pad_token_id": 1}
 TOL = 1e-4
 
 
@@ -30,6 +34,10 @@ def folders(tmp_path_factory):
         "siglip_vision": lambda: tf.SiglipVisionModel(tf.SiglipVisionConfig(**VISION)),
         "clip": lambda: tf.CLIPModel(tf.CLIPConfig(vision_config=VISION, text_config=TEXT,
                                                    projection_dim=24)),
+        "clip_text": lambda: tf.CLIPTextModel(tf.CLIPTextConfig(**TEXT)),
+        "siglip_text": lambda: tf.SiglipTextModel(tf.SiglipTextConfig(**SIGLIP_TEXT)),
+        "siglip": lambda: tf.SiglipModel(tf.SiglipConfig(vision_config=VISION,
+                                                         text_config=SIGLIP_TEXT)),
     }.items():
         torch.manual_seed(0)
         model = make().eval()
@@ -89,7 +97,53 @@ def test_clip_model_matches_transformers(folders):
     assert max(diffs.values()) <= TOL, diffs
 
 
-@pytest.mark.parametrize("name", ["clip_vision", "siglip_vision", "clip"])
+def test_siglip_model_matches_transformers(folders):
+    import torch
+    torch_model, folder = folders["siglip"]
+    model = hf.from_pretrained(folder)
+    assert isinstance(model, DualEncoder) and model.text_model.config.flavour == "siglip"
+    images = _images(batch=2)
+    rng = np.random.RandomState(2)
+    tokens = rng.randint(2, 97, (3, 12))
+    mask = np.ones_like(tokens)
+    mask[1, 7:], mask[2, 3:] = 0, 0                              # right padding, pooled slot included
+    tokens[mask == 0] = 1
+    diffs = {}
+    for name, m in {"no_mask": None, "mask": mask}.items():
+        with torch.no_grad():
+            ref = torch_model(input_ids=torch.tensor(tokens),
+                              attention_mask=None if m is None else torch.tensor(m),
+                              pixel_values=torch.tensor(images.transpose(0, 3, 1, 2)))
+        out = model(images, tokens, m)
+        diffs[f"{name}/image"] = _maxdiff(out["image_embeds"], ref.image_embeds.numpy())
+        diffs[f"{name}/text"] = _maxdiff(out["text_embeds"], ref.text_embeds.numpy())
+        diffs[f"{name}/logits"] = _maxdiff(logits_per_image(out), ref.logits_per_image.numpy())
+    # The mask must matter (else the masked comparison tests nothing), and the scalars are the file's.
+    assert _maxdiff(model(images, tokens)["text_embeds"], model(images, tokens, mask)["text_embeds"]) > 1e-3
+    np.testing.assert_allclose(np.log(float(model(images, tokens)["logit_scale"])),
+                               torch_model.logit_scale.item(), rtol=1e-6)
+    print("siglip", diffs)
+    assert max(diffs.values()) <= 1e-5, diffs
+
+
+@pytest.mark.parametrize("name", ["clip_text", "siglip_text"])
+def test_text_tower_matches_transformers(folders, name):
+    import torch
+    torch_model, folder = folders[name]
+    model = hf.from_pretrained(folder)
+    tokens = np.random.RandomState(3).randint(2, 97, (2, 10))
+    tokens[:, 6] = 98                                             # CLIP pools at the first eos
+    with torch.no_grad():
+        ref = torch_model(input_ids=torch.tensor(tokens))
+    last, pooled = model(tokens)
+    diffs = {"last": _maxdiff(last, ref.last_hidden_state.numpy()),
+             "pooled": _maxdiff(pooled, ref.pooler_output.numpy())}
+    print(name, diffs)
+    assert max(diffs.values()) <= 1e-5, diffs
+
+
+@pytest.mark.parametrize("name", ["clip_vision", "siglip_vision", "clip", "siglip", "clip_text",
+                                  "siglip_text"])
 def test_round_trip_is_exact_and_loadable(folders, name, tmp_path):
     import transformers as tf
     _torch_model, folder = folders[name]
@@ -101,7 +155,8 @@ def test_round_trip_is_exact_and_loadable(folders, name, tmp_path):
         assert original[key].shape == written[key].shape, key
         np.testing.assert_array_equal(original[key], written[key], err_msg=key)
     cls = {"clip_vision": tf.CLIPVisionModel, "siglip_vision": tf.SiglipVisionModel,
-           "clip": tf.CLIPModel}[name]
+           "clip": tf.CLIPModel, "siglip": tf.SiglipModel, "clip_text": tf.CLIPTextModel,
+           "siglip_text": tf.SiglipTextModel}[name]
     cls.from_pretrained(tmp_path)   # transformers accepts the folder
 
 

@@ -120,3 +120,41 @@ def test_unknown_strategy_raises():
     model = nnx.eval_shape(lambda: VLM(_config(feature_strategy="nope"), rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="drop_cls"):
         model.image_features(np.zeros((1, 32, 32, 3), np.float32))
+
+
+def test_feature_layer_list_concatenates_channels():
+    model = VLM(_config(feature_layer=[-2, 0], projector="linear"), rngs=nnx.Rngs(1))
+    assert model.config.feature_layer == (-2, 0)                  # lists become hashable tuples
+    assert model.projector.linear.kernel.shape == (2 * 32, 64)    # projector width follows
+    images = _batch()[1]
+    feats = np.asarray(nnx.jit(lambda m, i: m.image_features(i))(model, images))
+    tower = model.vision_tower
+    want = np.concatenate([np.asarray(tower.features(images, -2)), np.asarray(tower.features(images, 0))],
+                          axis=-1)
+    assert want.shape == (2, 16, 64)
+    np.testing.assert_allclose(feats, np.asarray(model.projector(want)), atol=1e-5)
+    # Order matters: (0, -2) is a different channel layout.
+    swapped = np.asarray(tower.features(images, (0, -2)))
+    np.testing.assert_array_equal(swapped[..., :32], want[..., 32:])
+    with pytest.raises(ValueError, match="out of range"):
+        tower.features(images, (-2, 7))
+
+
+def test_expand_image_placeholders():
+    from mathvlm.models.vlm import expand_image_placeholders
+    ids = np.array([5, IMG, 6, IMG])
+    out, mask = expand_image_placeholders(ids, IMG, 3, mask=np.array([1, 0, 1, 1]))
+    np.testing.assert_array_equal(out, [5, IMG, IMG, IMG, 6, IMG, IMG, IMG])
+    np.testing.assert_array_equal(mask, [1, 0, 0, 0, 1, 1, 1, 1])
+    # A batch: rows grow by different amounts; the shorter one is right-padded with mask 0, and a
+    # dict of masks keeps its structure.
+    batch = np.array([[IMG, 7, 8], [1, 2, 3]])
+    masks = {"attention": np.array([[1, 1, 1], [0, 1, 1]]), "loss": np.array([[0, 1, 1], [0, 0, 1]])}
+    out, got = expand_image_placeholders(batch, IMG, 4, mask=masks, pad_id=-1)
+    np.testing.assert_array_equal(out, [[IMG] * 4 + [7, 8], [1, 2, 3, -1, -1, -1]])
+    np.testing.assert_array_equal(got["attention"], [[1, 1, 1, 1, 1, 1], [0, 1, 1, 0, 0, 0]])
+    np.testing.assert_array_equal(got["loss"], [[0, 0, 0, 0, 1, 1], [0, 0, 1, 0, 0, 0]])
+    # Expanded ids are what VLM.embed consumes: one image's worth of slots per placeholder.
+    assert (expand_image_placeholders([IMG, 3], IMG, 16) == IMG).sum() == _config().tokens_per_image
+    with pytest.raises(ValueError, match="shape"):
+        expand_image_placeholders(ids, IMG, 3, mask=np.ones(3))
