@@ -12,7 +12,9 @@ Record keys (all kinds): ``id``, ``family`` (plane_geometry/analytic_geometry/fu
 
 * kind ``caption``: + ``image`` (uint8 [H, W, 3], every condition drawn).
 * kind ``instruct``: + ``image``, ``has_image`` (int32; 0 for text_only, image then all zeros), ``version``,
-  ``question`` (free-form, the chosen version), ``question_mc`` (with options A–D), ``choices`` (four
+  ``question`` (free-form, the chosen version), ``question_mc`` (with options A–D; for vision_only the
+  options are not listed but drawn into ``image_mc``), ``image_mc`` (the image of the multiple-choice form:
+  equal to ``image`` except for vision_only, whose drawn question then also shows the options), ``choices`` (four
   options joined by newlines), ``answer_index`` (int32), ``answer_mc`` (letter), ``answer`` (exact form and
   ≈ value), ``answer_value`` (float64, NaN for non-numeric answers), ``cot``, ``cot_mc``, and
   ``question_<v>`` for every v in ``text.VERSIONS``.

@@ -62,7 +62,8 @@ def _gallery(args):
         for col, version in enumerate(versions):
             rec = core.make_record(args.seed, index, version=version, image_size=tile, families=(family,))
             if rec["has_image"]:
-                grid.paste(Image.fromarray(rec["image"]), (col * tile, y))
+                # vision-only in its multiple-choice form: the drawn question also shows the options
+                grid.paste(Image.fromarray(rec["image_mc"]), (col * tile, y))
             else:
                 wrapped = textwrap.fill(rec["question"], 44)
                 draw.multiline_text((col * tile + 6, y + 6), wrapped, font=small, fill="black")

@@ -194,7 +194,9 @@ def _ask(rng, figs, names, prims, givens, caption, half):
         "family": "analytic_geometry", "skill": skill, "complexity": min(3, len(figs) - 1 + extra),
         "spec": spec, "description": [f"the figure shows {', '.join(names)} in a coordinate plane"],
         "givens": givens, "question": question, "cot": cot, "answer": answer, "mistakes": mistakes,
-        "scene": {"frame": ((-half - 1, half + 1), (-half - 1, half + 1)), "prims": prims},
+        # equal_aspect: one unit is as long along x as along y, also when the vision-only question band
+        # shortens the canvas (circles must stay round, distances and slopes must read true)
+        "scene": {"frame": ((-half - 1, half + 1), (-half - 1, half + 1)), "prims": prims, "equal_aspect": True},
         "caption_facts": ["the coordinate plane spans from " + f"{-half - 1} to {half + 1} on both axes"] + caption,
     }
 

@@ -25,7 +25,7 @@ _TEXT_KEYS = {
     "pairs": ["id", "family", "skill", "spec", "caption", "strong_question", "weak_question", "choices",
               "answer", "answer_mc", "cot", "cot_mc"],
 }
-_IMAGE_KEYS = {"caption": ["image"], "instruct": ["image"], "pairs": ["strong_image", "weak_image"]}
+_IMAGE_KEYS = {"caption": ["image"], "instruct": ["image", "image_mc"], "pairs": ["strong_image", "weak_image"]}
 _INT_KEYS = {"caption": ["complexity"], "instruct": ["complexity", "answer_index", "has_image"],
              "pairs": ["complexity", "answer_index"]}
 

@@ -26,11 +26,21 @@ def fmt(value) -> str:
     """Exact value as readable text: ``8*sqrt(3)`` → ``8√3``, ``pi/2`` → ``π/2``."""
     e = sp.sympify(value) if not isinstance(value, sp.Basic) else value
     text = sp.sstr(sp.simplify(e) if e.count_ops() > 12 else e)
+    # sympy's log is the natural log; "ln" keeps it apart from the log_b(...) of the function texts
+    text = re.sub(r"\blog\(", "ln(", text)
     text = text.replace("sqrt", "√").replace("pi", "π").replace("**", "^")
     for a in "0123456789)":
         text = text.replace(f"{a}*√", f"{a}√").replace(f"{a}*π", f"{a}π")
     text = re.sub(r"√\((\d+)\)", r"√\1", text)
     return text.replace("*", "·")
+
+
+def article(phrase: str) -> str:
+    """``phrase`` with "a" or "an" by its first sound: "an absolute value", "a unit", "an 8", "an x-axis"."""
+    word = phrase.split()[0].lower() if phrase.split() else ""
+    vowel_sound = (word[:1] in "aeio" or (word[:1] == "u" and not word.startswith(("uni", "use", "usu")))
+                   or word[:1] in "8" or (len(word) == 1 and word in "fhlmnrsx") or word.startswith(("hour", "honest")))
+    return ("an " if vowel_sound and word else "a ") + phrase
 
 
 def numeric(value) -> float:

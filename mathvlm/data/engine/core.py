@@ -16,7 +16,7 @@ import numpy as np
 from mathvlm import registry
 from mathvlm.data.engine import analytic, functions, geometry, text
 from mathvlm.data.engine.common import FAMILIES, HELDOUT_OFFSET, numeric
-from mathvlm.data.engine.render import random_style, render_scene
+from mathvlm.data.engine.render import draw_scene, random_style, render_scene  # noqa: F401 (re-exported)
 
 _GENERATORS = {"plane_geometry": geometry.generate, "analytic_geometry": analytic.generate,
                "function": functions.generate}
@@ -43,13 +43,30 @@ def image_size_for(seed: int, index: int, image_size) -> int:
     return int(IMAGE_SIZES[rng_for(seed, index, "style", 1).integers(len(IMAGE_SIZES))])
 
 
-def render(problem: dict, version: str, style: dict) -> tuple[np.ndarray, list]:
+def _scene_and_text(problem: dict, version: str, options=None):
     layers, with_question = text.version_layers(problem, version)
     scene = dict(problem["scene"])
     scene["prims"] = list(scene["prims"]) + [p for _, prims in problem["givens"] for p in prims]
-    # vision-only: the whole vision-dominant text (facts + question) is drawn, since the text says nothing
-    drawn = text.version_text(problem, "vision_dominant") if with_question else None
+    # vision-only: the whole vision-dominant text (facts + question) is drawn, since the text says nothing;
+    # in multiple-choice form the options are drawn too (MathVerse puts the whole question in the image)
+    drawn = None
+    if with_question:
+        drawn = text.version_text(problem, "vision_dominant")
+        if options:
+            drawn += "\n" + text.listed_options(options)
+    return scene, layers, drawn
+
+
+def render(problem: dict, version: str, style: dict, options=None) -> tuple[np.ndarray, list]:
+    """(image, label boxes); ``options``: the MC options, drawn into the image by the vision-only version."""
+    scene, layers, drawn = _scene_and_text(problem, version, options)
     return render_scene(scene, style, layers, drawn)
+
+
+def draw(problem: dict, version: str, style: dict, options=None):
+    """The finished :class:`render.Canvas` (transform, drawn texts, label boxes) — for tests and tools."""
+    scene, layers, drawn = _scene_and_text(problem, version, options)
+    return draw_scene(scene, style, layers, drawn)
 
 
 def _answer_value(answer) -> float:
@@ -93,13 +110,16 @@ def make_record(seed: int, index: int, *, kind: str = "instruct", version: str =
         version = text.VERSIONS[rng_for(seed, index, "version").integers(len(text.VERSIONS))]
     record["version"] = version
     record["question"] = record[f"question_{version}"]
-    record["question_mc"] = text.mc_question(record["question"], options, text_rng)
+    # vision-only MC: the options are in ``image_mc`` and the text lists none (only the instruction and prompt)
+    record["question_mc"] = text.mc_question(record["question"], options, text_rng,
+                                             listed=version != "vision_only")
     if version == "text_only":
         record["image"] = np.zeros((style["size"], style["size"], 3), np.uint8)
         record["has_image"] = np.int32(0)
     else:
         record["image"], _ = render(problem, version, style)
         record["has_image"] = np.int32(1)
+    record["image_mc"] = render(problem, version, style, options)[0] if version == "vision_only" else record["image"]
     return record
 
 

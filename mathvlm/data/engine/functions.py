@@ -1,7 +1,10 @@
 """Function plots: polynomial, sin, cos, tan, log, |x|, piecewise polynomial with random coefficients.
 
 The expression is the given condition (stated in the text, or written on the plot in vision versions);
-zeros and extrema are optionally marked with red dots when the question is not about them. Questions:
+zeros and extrema are optionally marked with red dots when the question is not about them. Inputs x0 of
+value/derivative questions are "nice" (special angles, whole powers of the log base) so answers are exact
+and readable. For "which expression" the expression is the answer, so the givens are two marked points that
+rule out every distractor. Questions:
 value, zeros, extremum, monotonic interval, symmetry axis, period, derivative value, integral value and
 identifying the expression. Complexity: value/identify 0, zeros/symmetry/period 1, extremum/monotonic/
 derivative 2, integral 3.
@@ -14,10 +17,11 @@ import re
 import numpy as np
 import sympy as sp
 
-from mathvlm.data.engine.common import fmt
+from mathvlm.data.engine.common import article, fmt
 
 X = sp.Symbol("x", real=True)
 KINDS = ("polynomial", "sin", "cos", "tan", "log", "abs", "piecewise")
+_KIND_NAMES = {"abs": "absolute value", "sin": "sine", "cos": "cosine", "tan": "tangent", "log": "logarithmic"}
 LEVEL = {"value": 0, "identify": 0, "zeros": 1, "symmetry": 1, "period": 1, "extremum": 2, "monotonic": 2,
          "derivative": 2, "integral": 3}
 
@@ -44,11 +48,12 @@ def make_expression(rng, kind):
         f = {"sin": sp.sin, "cos": sp.cos}[kind]
         return a * f(b * X) + d, {"amplitude": abs(a), "b": b, "d": d}
     if kind == "tan":
-        return _nz(rng, -2, 2) * sp.tan(sp.Rational(1, int(rng.choice([1, 2]))) * X), {}
+        b = sp.Rational(1, int(rng.choice([1, 2])))
+        return _nz(rng, -2, 2) * sp.tan(b * X), {"b": b}
     if kind == "log":
         c = int(rng.integers(-3, 4))
         base = int(rng.choice([2, 3, 10]))
-        return _nz(rng, -3, 3) * sp.log(X + c, base), {"c": c}
+        return _nz(rng, -3, 3) * sp.log(X + c, base), {"c": c, "base": base}
     if kind == "abs":
         h, k = int(rng.integers(-4, 5)), int(rng.integers(-4, 3))
         return _nz(rng, -2, 2) * sp.Abs(X - h) + k, {"h": h, "k": k}
@@ -59,8 +64,8 @@ def make_expression(rng, kind):
 
 
 def _domain(kind, props):
-    if kind == "log":
-        return -props["c"] + 0.05, -props["c"] + 8.0
+    if kind == "log":  # base 10 reaches x + c = 10, so one more whole power of the base is on the plot
+        return -props["c"] + 0.05, -props["c"] + (11.0 if props["base"] == 10 else 8.0)
     if kind == "tan":
         return -6.0, 6.0
     return -7.0, 7.0
@@ -91,14 +96,30 @@ def _questions(kind, expr, props):
     return q
 
 
-def _pick_x(rng, kind, props, lo, hi):
+# Arguments of sin/cos/tan with exact values: f(x0) at x0 = 1 would be tan(1), transcendental, unreadable
+# as an exact answer and useless as a typical-mistake option.
+_TRIG_ARGS = [k * sp.pi / q for q in (6, 4, 3, 2) for k in range(-2 * q, 2 * q + 1)]
+
+
+def nice_xs(kind, props, lo, hi) -> list:
+    """Inputs where f has an exact, readable value: integers for polynomials, |x| and piecewise (not at
+    the kink: no derivative there), special angles for sin/cos/tan (tan away from its asymptotes), and
+    x + c a whole power of the base for log. Sorted, within [lo, hi]."""
     if kind == "log":
-        return int(rng.integers(int(np.ceil(lo)), int(hi)))
-    if kind == "tan":
-        return int(rng.choice([-1, 0, 1]))
-    kink = props.get("h", props.get("t")) if kind in ("abs", "piecewise") else None
-    choices = [v for v in range(-4, 5) if v != kink]  # no derivative at a kink
-    return int(choices[rng.integers(len(choices))])
+        powers = [props["base"] ** k for k in range(3)]
+        xs = [sp.Integer(p - props["c"]) for p in powers]
+    elif kind in ("sin", "cos", "tan"):
+        args = [t for t in set(_TRIG_ARGS) if kind != "tan" or abs(float(t)) < np.pi / 2 - 0.1]
+        xs = [t / props["b"] for t in args]
+    else:
+        kink = props.get("h", props.get("t")) if kind in ("abs", "piecewise") else None
+        xs = [sp.Integer(v) for v in range(-4, 5) if v != kink]
+    return sorted({x for x in xs if lo <= float(x) <= hi}, key=float)
+
+
+def _pick_x(rng, kind, props, lo, hi):
+    xs = nice_xs(kind, props, lo, min(hi, 6.5))
+    return xs[rng.integers(len(xs))]
 
 
 def generate(rng: np.random.Generator) -> dict:
@@ -112,18 +133,18 @@ def generate(rng: np.random.Generator) -> dict:
     x0 = _pick_x(rng, kind, props, lo, hi)
     marks = []
     if skill == "value":
-        answer = sp.simplify(expr.subs(X, x0))
-        question = f"What is the value of f({x0})?"
-        cot = [f"Substitute x = {x0}: f({x0}) = {_pretty(expr).replace('x', f'({x0})')} = {fmt(answer)}."]
+        answer = _exact(expr.subs(X, x0))
+        question = f"What is the value of f({fmt(x0)})?"
+        cot = [f"Substitute x = {fmt(x0)}: f({fmt(x0)}) = {_pretty(expr).replace('x', f'({fmt(x0)})')} = {fmt(answer)}."]
         mistakes = [expr.subs(X, -x0), sp.diff(expr, X).subs(X, x0), answer + 1]
-        spec["x0"] = x0
+        spec["x0"] = sp.sstr(x0)
     elif skill == "derivative":
         d = sp.diff(expr, X)
-        answer = sp.simplify(d.subs(X, x0))
-        question = f"What is the value of the derivative f'({x0})?"
-        cot = [f"Differentiate: f'(x) = {_pretty(d)}.", f"So f'({x0}) = {fmt(answer)}."]
+        answer = _exact(d.subs(X, x0))
+        question = f"What is the value of the derivative f'({fmt(x0)})?"
+        cot = [f"Differentiate: f'(x) = {_pretty(d)}.", f"So f'({fmt(x0)}) = {fmt(answer)}."]
         mistakes = [expr.subs(X, x0), -answer, sp.diff(d, X).subs(X, x0)]
-        spec["x0"] = x0
+        spec["x0"] = sp.sstr(x0)
     elif skill == "integral":
         a, b = sorted(int(v) for v in rng.choice(np.arange(-3, 4), size=2, replace=False))
         F = sp.integrate(expr, X)
@@ -180,8 +201,13 @@ def generate(rng: np.random.Generator) -> dict:
     else:
         answer = f_text
         question = "Which expression matches the graph of f?"
-        cot = ["Read the shape, intercepts and scale of the curve from the graph.", f"It matches {f_text}."]
-        mistakes = [f"f(x) = {_pretty(-expr)}", f"f(x) = {_pretty(expr.subs(X, -X))}", f"f(x) = {_pretty(expr + 1)}"]
+        # sign flip, mirror image, vertical shifts, stretch; those equal to f (a mirrored cos) are dropped
+        cands = [-expr, expr.subs(X, -X), expr + 1, expr - 1, 2 * expr]
+        table = sp.lambdify(X, [expr] + cands, "numpy")  # one lambdify for all: each costs ~4 ms
+        wrong_rows = [j + 1 for j in range(len(cands)) if not _same_function(table, j + 1)]
+        wrong = [cands[r - 1] for r in wrong_rows]
+        mistakes = [f"f(x) = {_pretty(w)}" for w in wrong]
+        cot = []  # filled in once the two marked points are chosen (they need the visible range)
     # optional red dots with value labels (MAVIS function diagrams), never on what the question asks
     vertex = None
     if kind == "abs" or (kind == "polynomial" and len(props["roots"]) == 2):
@@ -208,10 +234,28 @@ def generate(rng: np.random.Generator) -> dict:
                       "small": True, "layer": "base", "accent": True})
     given_text = [{"kind": "text", "pt": (x_lo, y_hi), "text": f_text, "dir": (0.0, -1.0), "boxed": True,
                    "layer": "given:0", "accent": True, "small": True}]
-    givens = [] if skill == "identify" else [(f_text, given_text)]
+    givens = [(f_text, given_text)]
+    if skill == "identify":
+        # The expression is the answer, so the conditions are two points of the graph chosen to tell it
+        # apart from every distractor; like any given they are stated in the text versions and drawn (dot and
+        # coordinates) in the vision versions, so the versions differ as they do for the other questions.
+        points = _identify_points(rng, kind, props, expr, wrong_rows, table, lo, hi, (y_lo, y_hi))
+        givens, names = [], []
+        for i, (px_, py_) in enumerate(points):
+            label = f"({fmt(px_)}, {fmt(py_)})"
+            names.append(label)
+            pt = (float(px_), float(py_))
+            givens.append((f"the graph passes through {label}", [
+                {"kind": "dot", "pt": pt, "layer": f"given:{i}"},
+                {"kind": "text", "pt": pt, "text": label, "dir": (0.0, 1.0), "small": True,
+                 "layer": f"given:{i}", "accent": True}]))
+        spec["points"] = [[sp.sstr(a), sp.sstr(b)] for a, b in points]
+        cot = [f"The graph passes through {' and '.join(names)}.",
+               f"For {f_text}: " + ", ".join(f"f({fmt(a)}) = {fmt(b)}" for a, b in points) + ", both match.",
+               "Each other option misses at least one of the points, so the graph is " + f_text + "."]
     return {
         "family": "function", "skill": f"{kind}_{skill}", "complexity": LEVEL[skill], "spec": spec,
-        "description": [f"the graph of a {kind if kind != 'abs' else 'absolute value'} function f is drawn"],
+        "description": [f"the graph of {article(_KIND_NAMES.get(kind, kind))} function f is drawn"],
         "givens": givens, "question": question, "cot": cot, "answer": answer, "mistakes": mistakes,
         "scene": {"frame": ((x_lo, x_hi), (y_lo, y_hi)), "prims": prims},
         "caption_facts": [f"the graph of {f_text} is plotted for x from {round(lo, 2):g} to {x_hi}",
@@ -219,13 +263,67 @@ def generate(rng: np.random.Generator) -> dict:
     }
 
 
+def _value(expr, x):
+    """Exact value, or None when undefined or not real (a log of a negative number, a tan asymptote).
+    Special angles evaluate on substitution; only log quotients (log(8)/log(2)) need simplify, which is
+    slow, so it runs only on them."""
+    v = _exact(expr.subs(X, x))
+    return v if v.is_real and v.is_finite else None
+
+
+def _exact(v):
+    """Special angles evaluate on substitution (sin(π/6) → 1/2); only log quotients (log(8)/log(2)) and
+    piecewise leftovers need ``simplify``, which costs tens of ms, so it runs only on them."""
+    return sp.simplify(v) if v.has(sp.log, sp.Piecewise, sp.Abs) else v
+
+
+# sample points where the distractors are compared with f numerically (a symbolic simplify of a Piecewise
+# difference costs ~0.2 s, a third of the whole record budget)
+_PROBES = (0.37, 1.21, 2.53, 3.9, -0.83)
+
+
+def _same_function(table, j) -> bool:
+    """Row ``j`` of the lambdified ``table`` equals row 0 (f) at every probe where f is defined."""
+    with np.errstate(all="ignore"):
+        rows = [[complex(v) for v in table(t)] for t in _PROBES]
+    return all(abs(r[j] - r[0]) < 1e-9 or not np.isfinite(r[0]) for r in rows)
+
+
+def _identify_points(rng, kind, props, expr, wrong_rows, table, lo, hi, y_range):
+    """Two nice points of the graph, inside the plot, that every wrong expression misses at least once.
+    At most 10 candidate inputs (drawn with ``rng``) get an exact value: each costs a sympy substitution."""
+    xs = nice_xs(kind, props, lo, hi)
+    xs = [xs[k] for k in sorted(rng.permutation(len(xs))[:10])]
+    cands = [(x, _value(expr, x)) for x in xs]
+    cands = [(x, y) for x, y in cands if y is not None and y_range[0] + 0.5 < float(y) < y_range[1] - 0.5]
+    pairs = [(a, b) for i, a in enumerate(cands) for b in cands[i + 1:] if abs(float(a[0] - b[0])) >= 1]
+    order = rng.permutation(len(pairs)) if pairs else []
+    misses = {}  # (distractor, x) → the distractor's value differs from f's there (or is undefined)
+    with np.errstate(all="ignore"):
+        rows = {x: [complex(v) for v in table(float(x))] for x, _ in cands}
+    for k in order:
+        pair = pairs[k]
+        for j in range(len(wrong_rows)):
+            for x, y in pair:
+                if (j, x) not in misses:
+                    v = rows[x][wrong_rows[j]]
+                    misses[(j, x)] = not np.isfinite(v) or abs(v - float(y)) > 1e-9
+        if all(any(misses[(j, x)] for x, _ in pair) for j in range(len(wrong_rows))):
+            return list(pair)
+    return list(pairs[order[0]]) if pairs else cands[:2]
+
+
 def _pretty(expr) -> str:
+    expr = sp.piecewise_fold(expr)  # -Piecewise(...) and Piecewise(...) + 1 become one Piecewise
     if isinstance(expr, sp.Piecewise):
-        (a, _), (b, _) = expr.args[0], expr.args[1]
-        t = expr.args[0][1].rhs
-        return f"{fmt(a)} for x < {t}, {fmt(b)} for x ≥ {t}"
+        (a, cond), (b, _) = expr.args[0], expr.args[1]
+        # a mirrored piece reads -x < t, which sympy turns into x > -t: print the side it really covers
+        x_less = isinstance(cond, sp.StrictLessThan) == (cond.lhs == X)
+        t = cond.rhs if cond.lhs == X else cond.lhs
+        first, rest = ("<", "≥") if x_less else (">", "≤")
+        return f"{fmt(a)} for x {first} {fmt(t)}, {fmt(b)} for x {rest} {fmt(t)}"
     text = re.sub(r"Abs\(([^()]*)\)", r"|\1|", fmt(expr))
-    return re.sub(r"log\(([^()]*)\)/log\((\d+)\)", r"log_\2(\1)", text)
+    return re.sub(r"ln\(([^()]*)\)/ln\((\d+)\)", r"log_\2(\1)", text)
 
 
 def _curve(xs, ys, y_range):

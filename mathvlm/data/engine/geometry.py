@@ -2,7 +2,7 @@
 
 The figure is a chain of shapes S0 → S1 → … → Sk; shape i+1 is attached outside shape i along one of its
 edges, so that edge is shared. The problem is deduced backwards: pick a target quantity of the last shape
-(area, perimeter, arc length, …); its formula needs the shared edge, which a formula of the previous shape
+(area, perimeter, arc length, a side from similar triangles, …); its formula needs the shared edge, which a formula of the previous shape
 yields from that shape's own conditions, and so on back to S0, whose first edge is given. The
 chain-of-thought is the same chain read forwards, one formula per step. Everything is exact (sympy).
 
@@ -14,12 +14,13 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from mathvlm.data.engine.common import fmt, overlaps
+from mathvlm.data.engine import similar
+from mathvlm.data.engine.common import article, fmt, overlaps
 
 TRIG_ANGLES = [30, 45, 60]
 SHAPES_MID = ["square", "rectangle", "right_triangle", "isosceles_triangle", "parallelogram", "rhombus",
               "equilateral_triangle"]
-SHAPES_END = SHAPES_MID + ["sector", "semicircle", "trapezoid", "inscribed_circle"]
+SHAPES_END = SHAPES_MID + ["sector", "semicircle", "trapezoid", "inscribed_circle"] + list(similar.KINDS)
 
 
 def _rad(deg):
@@ -84,6 +85,8 @@ class _Builder:
 
 def _attach(b: _Builder, kind: str, u: str, v: str, s, terminal: bool):
     """Attach shape ``kind`` on edge u→v (interior to its left). Returns the shape record or None."""
+    if kind in similar.KINDS:  # similar-triangle configurations live in their own module
+        return similar.attach(b, kind, u, v, s)
     rng = b.rng
     U, V = b.points[u], b.points[v]
     sv = float(s)
@@ -109,8 +112,8 @@ def _attach(b: _Builder, kind: str, u: str, v: str, s, terminal: bool):
         p, q = b.new_point(P), b.new_point(Q)
         name = f"{u}{v}{p}{q}"
         cen = np.mean(poly, axis=0)
-        b.description.append(f"{name} is a {kind}")
-        b.caption.append(f"{name} is a {kind} attached to edge {u}{v}")
+        b.description.append(f"{name} is {article(kind)}")
+        b.caption.append(f"{name} is {article(kind)} attached to edge {u}{v}")
         if kind in ("rectangle", "parallelogram"):
             b.side_label(v, p, fmt(w), cen)
         if kind in ("rhombus", "parallelogram"):

@@ -14,7 +14,10 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mathvlm.data.engine import layout
+
 SUPERSAMPLE = 2
+MAX_BAND = 0.42  # most of the canvas a drawn question (vision-only) may take
 _FONT_FILES = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf",
                "DejaVuSans-Oblique.ttf", "DejaVuSerif-Italic.ttf"]
 _INKS = [(0, 0, 0), (20, 40, 110), (90, 20, 20), (30, 80, 40), (60, 60, 60)]
@@ -51,7 +54,8 @@ def random_style(rng: np.random.Generator, image_size: int) -> dict:
 
 
 class Canvas:
-    """Supersampled PIL canvas with a world→pixel transform; records every label's pixel box."""
+    """Supersampled PIL canvas with a world→pixel transform. Shapes are drawn at once; text labels are
+    queued and placed together by :func:`layout.place` in :meth:`finish` (so they never collide)."""
 
     def __init__(self, style: dict, world_box, *, equal_aspect: bool, margin: float = 0.12, reserve: float = 0.0):
         self.style = style
@@ -66,13 +70,19 @@ class Canvas:
         pad = margin * s
         height = s - 2 * pad - reserve * s  # ``reserve``: bottom band kept free for the drawn question
         sx, sy = (s - 2 * pad) / max(x1 - x0, 1e-9), height / max(y1 - y0, 1e-9)
-        if equal_aspect:
+        if equal_aspect:  # one world unit is the same length along x and y: circles stay round
             sx = sy = min(sx, sy)
         # centre the drawing in the free part of the canvas
         self._a = np.array([sx, -sy])
         self._b = np.array([s / 2 - sx * (x0 + x1) / 2, pad + height / 2 + sy * (y0 + y1) / 2])
-        self.label_boxes: list[tuple[float, float, float, float]] = []  # output-pixel boxes
-        self.pixel_scale = sx
+        self.labels: list[layout.Label] = []
+        self.fixed: list[tuple] = []  # boxes of the question block: placed first, never moved
+        self.texts: list[str] = []  # every string drawn, in drawing order (tests read what the image says)
+        self.label_boxes: list[tuple[float, float, float, float]] = []  # output-pixel boxes, after finish()
+
+    def unit_px(self) -> tuple[float, float]:
+        """Output pixels per world unit along x and along y."""
+        return abs(self._a[0]) / SUPERSAMPLE, abs(self._a[1]) / SUPERSAMPLE
 
     def px(self, points) -> list[tuple[float, float]]:
         pts = np.asarray(points, dtype=float).reshape(-1, 2) * self._a + self._b
@@ -90,55 +100,76 @@ class Canvas:
         (x, y), r = self.px(pt)[0], radius or self.line * 1.8
         self.draw.ellipse([x - r, y - r, x + r, y + r], fill=colour or self.style["accent"])
 
-    def text(self, pt, text: str, *, direction=(0.0, 0.0), small=False, colour=None, gap=0.0, boxed=False):
-        """Text near world point ``pt``, pushed ``direction`` (unit, world) away, clamped inside the canvas."""
+    def text(self, pt, text: str, *, direction=(0.0, 0.0), small=False, colour=None, gap=0.0, boxed=False,
+             priority=1.0, optional=False):
+        """Queue text near world point ``pt``, preferably pushed ``direction`` (unit, world) away; ``gap``
+        (in font heights) asks for extra distance, e.g. a coordinate pair past its vertex letter."""
         f = self.small_font if small else self.font
-        x, y = self.px(pt)[0]
-        left, top, right, bottom = self.draw.textbbox((0, 0), text, font=f)
-        w, h = right - left, bottom - top
+        size = self.draw.textbbox((0, 0), text, font=f)
+        w, h = size[2] - size[0], size[3] - size[1]
         d = np.asarray(direction, dtype=float)
-        # ``gap`` (in font heights) pushes a second label past the first one at the same point
-        # push the box just clear of the point along ``direction``: half its extent that way plus a margin
-        reach = 0.5 * (abs(d[0]) * w + abs(d[1]) * h) + 0.3 * f.size * self.style["label_offset"]
-        off = (reach + gap * f.size) if np.any(d) else 0.0
-        cx, cy = x + d[0] * off, y - d[1] * off
-        s = self.size * SUPERSAMPLE
-        edge = 6 if boxed else 2  # keep a backing box's frame inside the canvas too
-        bx = float(np.clip(cx - w / 2, edge, s - w - edge))
-        by = float(np.clip(cy - h / 2, edge, s - h - edge))
-        if boxed:  # a backing box keeps a long label readable over grid lines and curves
-            self.draw.rectangle([bx - 4, by - 4, bx + w + 4, by + h + 4], fill=self.style["background"],
-                                outline=colour or self.style["ink"])
-        self.draw.text((bx - left, by - top), text, font=f, fill=colour or self.style["ink"])
-        k = SUPERSAMPLE
-        self.label_boxes.append((bx / k, by / k, (bx + w) / k, (by + h) / k))
+        reach = 0.5 * (abs(d[0]) * w + abs(d[1]) * h) + 0.3 * f.size * self.style["label_offset"] + gap * f.size
+        self.labels.append(layout.Label(self.px(pt)[0], text, f, colour or self.style["ink"], tuple(d),
+                                        reach, size, boxed, priority, optional))
 
-    def text_block(self, text: str, top: float):
-        """Wrapped text across the canvas (the question drawn into the vision-only image)."""
-        f, s = self.small_font, self.size * SUPERSAMPLE
-        words, lines, line = text.split(), [], ""
-        for word in words:
+    def text_block(self, lines: list[str], f, top: float):
+        """Pre-wrapped lines across the canvas (the question drawn into the vision-only image)."""
+        h = int(round(f.size * 1.2))  # whole pixels: adjacent lines' boxes touch but never overlap
+        x = self.size * SUPERSAMPLE * 0.03
+        for i, ln in enumerate(lines):
+            y = int(top) + i * h
+            self.draw.text((x, y), ln, font=f, fill=self.style["ink"])
+            self.fixed.append((x, y, x + self.draw.textlength(ln, font=f), y + h))
+            self.texts.append(ln)
+
+    def finish(self) -> np.ndarray:
+        for label in layout.place(self.labels, self.fixed, self.size * SUPERSAMPLE):
+            x0, y0, x1, y1 = label.box
+            if label.boxed:  # a backing box keeps a long label readable over grid lines and curves
+                self.draw.rectangle([x0, y0, x1, y1], fill=self.style["background"], outline=label.colour)
+            f = layout.frame_pad(label)
+            self.draw.text((x0 + f - label.size[0], y0 + f - label.size[1]), label.text, font=label.font,
+                           fill=label.colour)
+            self.texts.append(label.text)
+            self.fixed.append(label.box)
+        self.label_boxes = [tuple(v / SUPERSAMPLE for v in b) for b in self.fixed]
+        return np.asarray(self.image.reduce(SUPERSAMPLE), dtype=np.uint8)
+
+
+def wrap(draw, text: str, f, width: float) -> list[str]:
+    """Greedy word wrap; a newline in ``text`` always starts a new line (one option per line)."""
+    lines = []
+    for para in text.split("\n"):
+        line = ""
+        for word in para.split():
             trial = (line + " " + word).strip()
-            if self.draw.textlength(trial, font=f) > s * 0.94 and line:
+            if draw.textlength(trial, font=f) > width and line:
                 lines.append(line)
                 line = word
             else:
                 line = trial
         lines.append(line)
-        h = f.size * 1.2
-        y = min(top, s - h * len(lines) - 4)
-        for ln in lines:
-            self.draw.text((s * 0.03, y), ln, font=f, fill=self.style["ink"])
-            w = self.draw.textlength(ln, font=f)
-            self.label_boxes.append((s * 0.03 / 2, y / 2, (s * 0.03 + w) / 2, (y + h) / 2))
-            y += h
+    return lines
 
-    def finish(self) -> np.ndarray:
-        return np.asarray(self.image.reduce(SUPERSAMPLE), dtype=np.uint8)
+
+def _question_lines(style: dict, question_text: str):
+    """(lines, font, band height as a fraction of the canvas): the font shrinks until the block fits in
+    MAX_BAND, so a long question with four options still leaves most of the canvas to the figure."""
+    s = style["size"] * SUPERSAMPLE
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    size = max(7, int(style["font_scale"] * s * 0.8))
+    while True:
+        f = font(style["font"], size)
+        lines = wrap(probe, question_text, f, s * 0.94)
+        band = (len(lines) * round(f.size * 1.2) + 8) / s
+        if band <= MAX_BAND or size <= 7:
+            return lines, f, band
+        size = max(7, int(size * 0.88))
 
 
 def draw_axes(c: Canvas, xr, yr):
-    """Cartesian frame: grid, axes through the origin (or the border), integer ticks and tick labels."""
+    """Cartesian frame: grid, axes through the origin (or the border), integer ticks and tick labels.
+    Tick labels are optional and lowest priority: the layout drops one rather than let it cover a label."""
     (x0, x1), (y0, y1) = xr, yr
     step_x = max(1, int(np.ceil((x1 - x0) / 10)))
     step_y = max(1, int(np.ceil((y1 - y0) / 10)))
@@ -150,32 +181,40 @@ def draw_axes(c: Canvas, xr, yr):
             if c.style["grid"]:
                 c.polyline([(gx, y0), (gx, y1)], colour=grey, width=max(1, c.line // 2))
             if gx != 0:
-                c.text((gx, ax_y), str(gx), direction=(0, -1), small=True)
+                c.text((gx, ax_y), str(gx), direction=(0, -1), small=True, priority=0.0, optional=True)
     for gy in range(int(np.ceil(y0)), int(np.floor(y1)) + 1):
         if gy % step_y == 0:
             if c.style["grid"]:
                 c.polyline([(x0, gy), (x1, gy)], colour=grey, width=max(1, c.line // 2))
             if gy != 0:
-                c.text((ax_x, gy), str(gy), direction=(-1, 0), small=True)
+                c.text((ax_x, gy), str(gy), direction=(-1, 0), small=True, priority=0.0, optional=True)
     c.polyline([(x0, ax_y), (x1, ax_y)], width=max(1, c.line * 2 // 3))
     c.polyline([(ax_x, y0), (ax_x, y1)], width=max(1, c.line * 2 // 3))
-    c.text((x1, ax_y), "x", direction=(0.3, 1), small=True)
-    c.text((ax_x, y1), "y", direction=(1, 0.3), small=True)
+    c.text((x1, ax_y), "x", direction=(0.3, 1), small=True, priority=0.5)
+    c.text((ax_x, y1), "y", direction=(1, 0.3), small=True, priority=0.5)
 
 
-def render_scene(scene: dict, style: dict, layers: set[str], question_text: str | None = None):
-    """Draw the primitives whose layer is in ``layers``; returns (uint8 [H,W,3], label boxes in px)."""
+# Label priorities: the conditions (accent labels) matter most, then vertex letters, then marks.
+_PRIORITY = {"given": 3.0, "base": 2.0}
+
+
+def draw_scene(scene: dict, style: dict, layers: set[str], question_text: str | None = None) -> Canvas:
+    """Draw the primitives whose layer is in ``layers`` (and ``question_text`` in a bottom band); returns
+    the finished canvas (``image``, ``label_boxes``, ``texts``, ``unit_px()``)."""
     frame = scene.get("frame")
-    reserve = 0.27 if question_text else 0.0
+    lines, qfont, reserve = _question_lines(style, question_text) if question_text else ([], None, 0.0)
     if frame is not None:
         (x0, x1), (y0, y1) = frame
-        c = Canvas(style, (x0, y0, x1, y1), equal_aspect=False, margin=0.08, reserve=reserve)
+        # analytic geometry keeps one unit equal along both axes (circles, distances, slopes read true);
+        # a function plot may stretch y to fill the canvas, as plots usually do
+        c = Canvas(style, (x0, y0, x1, y1), equal_aspect=scene.get("equal_aspect", False), margin=0.08,
+                   reserve=reserve)
         draw_axes(c, (x0, x1), (y0, y1))
     else:
         c = Canvas(style, scene["box"], equal_aspect=True, margin=0.16, reserve=reserve)
-    for prim in scene["prims"]:
-        if prim["layer"] not in layers:
-            continue
+    # shapes first: a filled polygon drawn after a right-angle mark or an inner segment would hide it
+    prims = [p for p in scene["prims"] if p["layer"] in layers]
+    for prim in sorted(prims, key=lambda p: p["kind"] != "poly"):
         kind = prim["kind"]
         if kind == "poly":
             c.polygon(prim["pts"], fill=prim.get("fill", True))
@@ -185,8 +224,18 @@ def render_scene(scene: dict, style: dict, layers: set[str], question_text: str 
         elif kind == "dot":
             c.dot(prim["pt"])
         elif kind == "text":
+            priority = _PRIORITY["given" if prim["layer"].startswith("given") else "base"] - 0.5 * prim.get("small", False)
             c.text(prim["pt"], prim["text"], direction=prim.get("dir", (0, 0)), small=prim.get("small", False),
-                   colour=c.style["accent"] if prim.get("accent") else None, gap=prim.get("gap", 0.0), boxed=prim.get("boxed", False))
-    if question_text:
-        c.text_block(question_text, top=c.size * SUPERSAMPLE * (1 - reserve + 0.02))
-    return c.finish(), c.label_boxes
+                   colour=c.style["accent"] if prim.get("accent") else None, gap=prim.get("gap", 0.0),
+                   boxed=prim.get("boxed", False), priority=priority)
+    if lines:
+        s = c.size * SUPERSAMPLE
+        c.text_block(lines, qfont, top=s * (1 - reserve) + 4)
+    c.array = c.finish()
+    return c
+
+
+def render_scene(scene: dict, style: dict, layers: set[str], question_text: str | None = None):
+    """(uint8 [H, W, 3], label boxes in output px) of :func:`draw_scene`."""
+    c = draw_scene(scene, style, layers, question_text)
+    return c.array, c.label_boxes

@@ -130,6 +130,13 @@ def cot_text(problem: dict, mc_letter: str | None = None) -> str:
     return "\n".join(steps + [end])
 
 
-def mc_question(text: str, options: list[str], rng: np.random.Generator) -> str:
-    listed = "\n".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(options))
-    return f"{text}\n{_MC_PROMPTS[rng.integers(len(_MC_PROMPTS))]}\n{listed}"
+def listed_options(options: list[str]) -> str:
+    return "\n".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(options))
+
+
+def mc_question(text: str, options: list[str], rng: np.random.Generator, listed: bool = True) -> str:
+    """The MC form; ``listed=False`` (vision-only) leaves the options out of the text: they are drawn."""
+    prompt = _MC_PROMPTS[rng.integers(len(_MC_PROMPTS))]
+    if not listed:
+        return f"{text}\n{prompt}"
+    return f"{text}\n{prompt}\n{listed_options(options)}"

@@ -4,6 +4,7 @@ functions numerically (finite differences, quadrature, grid search) from the sto
 
 import json
 import math
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -29,9 +30,36 @@ def _dist(a, b):
     return float(np.hypot(*(np.asarray(a, float) - np.asarray(b, float))))
 
 
+def _similar_value(spec, last, poly, target):
+    """Similar-triangle targets measured on the drawn points, after checking the figure is what the text
+    claims (DE ∥ UV with D, E on the sides; WD ⊥ UV with the right angle at W; given lengths to scale)."""
+    pts = {k: np.asarray(v, float) for k, v in spec["points"].items()}
+    prm = last["params"]
+    U, V, W, D = poly[0], poly[1], pts[prm["apex"]], pts[prm["d"]]
+    assert np.allclose(W, poly[2])
+
+    def cross(a, b):
+        return a[0] * b[1] - a[1] * b[0]
+
+    tol = 1e-5 * _dist(U, V) ** 2  # the spec rounds coordinates to 6 decimals
+    if last["kind"] == "similar_parallel":
+        E = pts[prm["e"]]
+        assert abs(cross(E - D, V - U)) < tol  # DE ∥ UV
+        assert abs(cross(D - W, U - W)) < tol and abs(cross(E - W, V - W)) < tol  # D, E on the sides
+        assert _dist(W, D) == pytest.approx(prm["wd"]) and _dist(D, U) == pytest.approx(prm["du"])
+        small, big = _shoelace([W, D, E]), _shoelace([W, U, V])
+        return {"segment": _dist(D, E), "area": small, "area_ratio": small / (big - small)}[target]
+    assert abs(np.dot(U - W, V - W)) < tol  # right angle at W
+    assert abs(np.dot(W - D, V - U)) < tol and abs(cross(D - U, V - U)) < tol  # foot of the altitude on UV
+    assert _dist(U, W) == pytest.approx(prm["uw"])
+    return {"projection": _dist(U, D), "rest": _dist(D, V), "altitude": _dist(W, D)}[target]
+
+
 def _geometry_value(spec):
     last = spec["shapes"][-1]
     kind, poly, target = last["kind"], np.asarray(last["poly"], float), spec["target"]
+    if kind.startswith("similar_"):
+        return _similar_value(spec, last, poly, target)
     if kind == "sector":
         r = _dist(poly[0], poly[1])
         a, b = poly[1] - poly[0], poly[-1] - poly[0]
@@ -60,7 +88,9 @@ def _geometry_value(spec):
 
 
 def test_plane_geometry_answers_match_the_drawn_figure():
+    kinds = set()
     for rec in _records("plane_geometry"):
+        kinds.add(json.loads(rec["spec"])["target_shape"])
         spec = json.loads(rec["spec"])
         pts = spec["points"]
         u, v = spec["shapes"][0]["edge"]
@@ -71,6 +101,23 @@ def test_plane_geometry_answers_match_the_drawn_figure():
             shared = {tuple(np.round(pts[name], 4)) for name in b["edge"]}
             assert shared <= {tuple(np.round(p, 4)) for p in a["poly"]}, rec["id"]
             assert shared <= {tuple(np.round(p, 4)) for p in b["poly"]}, rec["id"]
+    assert {"similar_parallel", "similar_altitude"} <= kinds  # the sample covers the similar triangles
+
+
+def test_similar_triangle_targets_are_all_recomputed():
+    """Every similar-triangle target (not only the ones the shared sample happens to draw)."""
+    seen = set()
+    for i in range(3000):
+        problem = core.make_problem(202, i, ("plane_geometry",))
+        spec = problem["spec"]
+        if not spec["target_shape"].startswith("similar_"):
+            continue
+        spec = json.loads(json.dumps(spec, default=str))
+        seen.add(spec["target"])
+        assert float(problem["answer"]) == pytest.approx(_geometry_value(spec), rel=1e-6), i
+        if len(seen) == 6:
+            break
+    assert seen == {"segment", "area", "area_ratio", "projection", "rest", "altitude"}
 
 
 def _frac_point(text):
@@ -112,7 +159,7 @@ def test_analytic_geometry_answers():
 
 
 def _parse(text):
-    text = text.replace("√", "sqrt").replace("π", "pi").replace("·", "*").replace("^", "**")
+    text = text.replace("√", "sqrt").replace("π", "pi").replace("·", "*").replace("^", "**").replace("ln(", "log(")
     return float(sp.sympify(text.replace("sqrt", "sqrt").replace(")(", ")*(")))
 
 
@@ -129,10 +176,12 @@ def test_function_answers_numerically():
                 ys = np.asarray(f(grid), float) * np.ones_like(grid)
             ok = np.isfinite(ys)
         value = rec["answer_value"]
+        if skill in ("value", "derivative"):
+            x0 = float(sp.sympify(spec["x0"]))
         if skill == "value":
-            assert value == pytest.approx(float(f(spec["x0"])), rel=1e-9, abs=1e-9)
+            assert value == pytest.approx(float(f(x0)), rel=1e-9, abs=1e-9)
         elif skill == "derivative":
-            h, x0 = 1e-5, spec["x0"]
+            h = 1e-5
             assert value == pytest.approx((f(x0 + h) - f(x0 - h)) / (2 * h), rel=1e-4, abs=1e-4), rec["id"]
         elif skill == "integral":
             a, b = spec["bounds"]
@@ -161,3 +210,44 @@ def test_function_answers_numerically():
                 assert f(x0 + value / 2) != pytest.approx(f(x0), abs=1e-6)
         else:
             assert skill == "identify" and math.isnan(value)
+            # the two given points lie on the graph and rule out every distractor option
+            points = [(float(sp.sympify(a)), float(sp.sympify(b))) for a, b in spec["points"]]
+            assert len(points) == 2
+            for px, py in points:
+                assert float(f(px)) == pytest.approx(py, abs=1e-9), rec["id"]
+            wrong = [-expr, expr.subs(x, -x), expr + 1, expr - 1, 2 * expr]
+            for w in wrong:
+                g = sp.lambdify(x, w, "numpy")
+                with np.errstate(all="ignore"):
+                    vals = [complex(g(px)) for px, _ in points]
+                same = all(abs(v - py) < 1e-9 for v, (_, py) in zip(vals, points))
+                equal_function = all(abs(complex(g(t)) - float(f(t))) < 1e-9 for t in (0.37, 1.21, 2.53))
+                assert not same or equal_function, (rec["id"], w)
+
+
+_EXACT_KINDS = {"tan", "log", "sin", "cos"}
+
+
+def test_function_answers_and_options_are_well_formed():
+    """Value answers at nice inputs are exact algebraic numbers (no tan(1), no ln in a value), and no answer
+    or option carries sympy internals (Piecewise, zoo, nan, I, **, *)."""
+    checked = set()
+    for i in range(400):
+        rec = core.make_record(303, i, families=("function",), image_size=32)
+        spec = json.loads(rec["spec"])
+        texts = [rec["answer"]] + rec["choices"].split("\n")
+        for t in texts:
+            assert not re.search(r"Piecewise|zoo|nan|\bI\b|\*|\blog\(|True|False", t), (rec["id"], t)
+        if spec["skill"] == "value" and spec["kind"] in _EXACT_KINDS:
+            checked.add(spec["kind"])
+            exact = rec["answer"].split(" ≈ ")[0].split(" = ")[0]
+            assert not re.search(r"tan|sin|cos|ln", exact), (rec["id"], rec["answer"])
+            assert float(sp.sympify(_parse_expr(exact))) == pytest.approx(rec["answer_value"])
+    assert checked == _EXACT_KINDS
+
+
+def _parse_expr(text):
+    """The engine's display form back to sympy syntax: 3√2/2 → 3*sqrt(2)/2, 2π/3 → 2*pi/3."""
+    text = re.sub(r"√(\d+)", r"sqrt(\1)", text).replace("√", "sqrt").replace("π", "pi")
+    text = re.sub(r"(\d|\))(sqrt|pi)", r"\1*\2", text)
+    return text.replace("·", "*").replace("^", "**").replace("ln(", "log(")

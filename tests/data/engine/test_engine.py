@@ -1,6 +1,7 @@
 """Determinism, version contents, geometric validity, the registered source and grain."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -164,3 +165,42 @@ def test_one_and_two_grain_workers_give_identical_records():
         return rows
 
     assert read(0) == read(2)
+
+
+def test_articles_agree_with_the_next_word():
+    """No "a absolute value function" (nor "an square"): every a/an in every text matches the next sound."""
+    from mathvlm.data.engine.common import article
+    for fam in FAMILIES:
+        for i in range(120):
+            problem = core.make_problem(8, i, (fam,))
+            texts = [text.caption(problem, core.rng_for(8, i, "text"))] + problem["cot"]
+            texts += [text.version_text(problem, v) for v in text.VERSIONS]
+            for t in texts:
+                # lower-case "a"/"an" and capital "An" ("A" alone may be a vertex letter: "A attached")
+                for m in re.finditer(r"\b(a|an|An) ([A-Za-z][\w-]*)", t):
+                    assert article(m.group(2)).split()[0] == m.group(1).lower(), (fam, i, m.group(0), t)
+    assert article("absolute value") == "an absolute value" and article("square") == "a square"
+
+
+def test_identify_questions_move_the_points_into_the_image():
+    """ "Which expression" asks for f itself, so its givens are two points of the graph: stated by the
+    text versions, drawn by the vision versions — the versions differ as for every other question."""
+    seen = 0
+    for i in range(400):
+        problem = core.make_problem(71, i, ("function",))
+        if not problem["skill"].endswith("identify"):
+            continue
+        seen += 1
+        givens = [g for g, _ in problem["givens"]]
+        assert len(givens) == 2
+        texts = {v: text.version_text(problem, v) for v in text.VERSIONS}
+        assert all(g in texts["text_dominant"] for g in givens)
+        assert not any(g in texts["vision_dominant"] for g in givens)
+        assert len({texts[v] for v in ("text_dominant", "text_lite", "vision_intensive", "vision_dominant")}) == 4
+        style = {**core.random_style(np.random.default_rng(i), 128), "grid": False}
+        drawn = {v: core.draw(problem, v, style).texts for v in ("text_dominant", "vision_dominant")}
+        labels = [g.split("through ")[1] for g in givens]
+        assert all(lb in drawn["vision_dominant"] and lb not in drawn["text_dominant"] for lb in labels)
+        if seen == 8:
+            break
+    assert seen == 8
