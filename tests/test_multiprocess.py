@@ -44,10 +44,10 @@ def _losses(workdir):
         return [json.loads(line)["loss"] for line in f if '"loss"' in line]
 
 
-def test_two_process_training_matches_one_process(tmp_path):
-    """The same global batches and the same per-step losses from 2 processes × 4 devices as from
-    1 process × 8 devices (the trainer's multi-host path)."""
-    args = ["-m", "mathvlm.main", "--config=configs/demo.py:steps=5,batch_size=8",
+def run_one_and_two_processes(config: str, steps: int, tmp_path) -> None:
+    """Train ``config`` for ``steps`` as 2 processes × 4 devices and as 1 process × 8 devices (workdirs
+    ``multi`` / ``single``) and check the per-step losses agree."""
+    args = ["-m", "mathvlm.main", f"--config={config}:steps={steps},batch_size=8",
             "--config.train.log_every=1", "--config.mesh.fsdp=2", "--config.eval.evaluators=()"]
     env = {**os.environ, "PYTHONPATH": ROOT}
     multi = subprocess.run([sys.executable, "launch/multiprocess.py", "--processes", "2",
@@ -58,8 +58,14 @@ def test_two_process_training_matches_one_process(tmp_path):
                             capture_output=True, text=True, timeout=400, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
     expected, got = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
-    assert len(expected) == len(got) == 5
+    assert len(expected) == len(got) == steps
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_two_process_training_matches_one_process(tmp_path):
+    """The same global batches and the same per-step losses from 2 processes × 4 devices as from
+    1 process × 8 devices (the trainer's multi-host path)."""
+    run_one_and_two_processes("configs/text_demo.py", 5, tmp_path)
 
     # The checkpoint the 2 processes wrote restores in this one process onto other meshes.
     import jax
@@ -69,7 +75,7 @@ def test_two_process_training_matches_one_process(tmp_path):
     from mathvlm.train.checkpoint import Checkpointer
     from mathvlm.train.loop import Trainer
 
-    config = mc.load("configs/demo.py:steps=5,batch_size=8")
+    config = mc.load("configs/text_demo.py:steps=5,batch_size=8")
     reference = Trainer(config, sharding.make_mesh({"data": -1}))
     reference.state, _ = Checkpointer(str(tmp_path / "single")).restore(5, reference.state)
     for shape, devices in [({"data": 8}, None), ({"data": 1, "fsdp": 8}, None),
@@ -80,3 +86,39 @@ def test_two_process_training_matches_one_process(tmp_path):
         for a, b in zip(jax.tree.leaves(trainer.state[0]), jax.tree.leaves(reference.state[0])):
             assert a.sharding.mesh.shape == trainer.mesh.shape
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+BUCKETED_CONFIG = '''
+import importlib.util
+
+def get_config(arg=None):
+    spec = importlib.util.spec_from_file_location("demo", {demo!r})
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    config = demo.get_config(arg)
+    with config.unlocked():
+        config.data.length_buckets = {buckets!r}
+    return config
+'''
+
+
+def test_two_process_length_buckets_match_one_process(tmp_path):
+    """data.length_buckets across processes: the cut is agreed on the global batch (sync_bucket), so
+    2 processes give the per-step losses of 1 process although their local rows would cut apart."""
+    from ml_collections import ConfigDict
+
+    from mathvlm.data import pipeline
+
+    # text_math rows (max_operand 20) are 47-51 bytes: buckets 2 apart make local cuts differ.
+    buckets, steps = (48, 50, 52, 64), 3
+    config_path = tmp_path / "bucketed.py"
+    config_path.write_text(BUCKETED_CONFIG.format(demo=os.path.join(ROOT, "configs", "text_demo.py"),
+                                                  buckets=buckets))
+    data = ConfigDict({"source": "text_math", "tokenizer": "bytes", "batch_size": 8, "seq_len": 64,
+                       "max_operand": 20})
+    local_cuts = [[pipeline.trim_to_bucket(next(it), buckets)["tokens"].shape[1] for _ in range(steps)]
+                  for it in (pipeline.make_iterator(data, seed=0, process_index=p, process_count=2)
+                             for p in (0, 1))]
+    assert local_cuts[0] != local_cuts[1]     # per-process cuts would disagree: the test can fail
+
+    run_one_and_two_processes(str(config_path), steps, tmp_path)

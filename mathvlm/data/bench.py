@@ -1,4 +1,4 @@
-"""Loader throughput: ``python -m mathvlm.data.bench --config configs/demo.py --workers 0,2``.
+"""Loader throughput: ``python -m mathvlm.data.bench --config configs/text_demo.py --workers 0,2``.
 
 Prints samples/s of the config's data pipeline for each worker count (0 = in-process), then one JSON
 line with the figures.
@@ -18,7 +18,9 @@ def measure(data_config, *, workers: int, batches: int, seed: int = 0) -> float:
     """Samples per second over ``batches`` batches, after one warm-up batch (worker start-up)."""
     from mathvlm.data import pipeline
 
-    ds = pipeline.make_dataset(data_config, seed=seed).to_iter_dataset()
+    ds = pipeline.make_dataset(data_config, seed=seed)
+    if isinstance(ds, grain.MapDataset):  # packing already gives an IterDataset
+        ds = ds.to_iter_dataset()
     if workers:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     it = iter(ds)
@@ -43,7 +45,7 @@ def main(argv=None) -> None:
     from mathvlm import config as mc
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default="configs/demo.py")
+    parser.add_argument("--config", default="configs/text_demo.py")
     parser.add_argument("--workers", default="0,2", help="comma-separated worker counts")
     parser.add_argument("--batches", type=int, default=500)
     args = parser.parse_args(argv)

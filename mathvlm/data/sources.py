@@ -84,7 +84,9 @@ class RowBuilder:
         if self.tokenizer.bos_id is not None:
             ids, mask = np.concatenate([[self.tokenizer.bos_id], ids]), np.concatenate([[False], mask])
         if len(ids) > self.seq_len + 1:
-            logging.warning("record %s: %d tokens exceed seq_len %d", record["id"], len(ids), self.seq_len)
+            # Counted per batch (skip_reason); the log names every 20th so long-tailed data stays readable.
+            logging.log_every_n(logging.WARNING, "record %s: %d tokens exceed seq_len %d (1 in 20 such "
+                                "records logged)", 20, record["id"], len(ids), self.seq_len)
             return self.blank("too_long")
         row = pack_tokens(ids, mask, seq_len=self.seq_len, pad_id=self.tokenizer.pad_id)
         return self._with_image(row, pixels) | {"skip_reason": np.int32(0)}

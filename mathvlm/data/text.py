@@ -54,9 +54,16 @@ class HFTokenizer:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
+# The byte-level BPE trained on data-engine text (mathvlm.data.train_tokenizer), shipped as package data.
+ENGINE_TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "engine_bpe")
+
+
 def load_tokenizer(spec: str):
-    """``"bytes"`` → :class:`ByteTokenizer`; anything else is a local transformers tokenizer folder."""
-    return ByteTokenizer() if spec == "bytes" else HFTokenizer(spec)
+    """``"bytes"`` → :class:`ByteTokenizer`; ``"engine"`` → the shipped engine BPE (1024 ids, for tiny
+    configs); anything else is a local transformers tokenizer folder."""
+    if spec == "bytes":
+        return ByteTokenizer()
+    return HFTokenizer(ENGINE_TOKENIZER if spec == "engine" else spec)
 
 
 def pack_tokens(ids, supervised, *, seq_len: int, pad_id: int) -> dict[str, np.ndarray]:

@@ -67,7 +67,8 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 class DataStats:
-    """Host-side counts over the rows a run consumed: blanked rows per reason (``skip_reason``), the
+    """Host-side counts over the rows a run consumed: blanked rows per reason (``skip_reason``, or
+    ``skip_counts`` [B, reasons] of packed batches), the
     realised mixture (``mix_id``) and complexity levels (``level``)."""
 
     def __init__(self, reasons: tuple[str, ...]):
@@ -78,8 +79,12 @@ class DataStats:
         self.levels: dict[int, int] = {}
 
     def update(self, batch: Mapping[str, np.ndarray]) -> None:
-        reason = batch.get("skip_reason")
-        if reason is not None:
+        reason, packed = batch.get("skip_reason"), batch.get("skip_counts")
+        if packed is not None:  # packed rows: source rows per reason, summed over each pack
+            counts = np.asarray(packed).reshape(-1, len(self.reasons)).sum(axis=0)
+            self.skipped += counts
+            self.rows += int(counts.sum())
+        elif reason is not None:
             self.skipped += np.bincount(np.asarray(reason).ravel(), minlength=len(self.reasons))
             self.rows += np.asarray(reason).size
         else:

@@ -20,9 +20,13 @@ from mathvlm.losses import sequence_logps
 
 
 def forward(model, batch, prefix: str = ""):
-    """Logits of one member of a batch (``prefix`` = "", "strong_", "chosen_", ...), with its images
-    when the batch carries them."""
+    """Logits of one member of a batch (``prefix`` = "", "strong_", "chosen_", ...), with its images,
+    segment ids and positions when the batch carries them."""
     kwargs = {"attention_mask": batch[prefix + "attention_mask"]}
+    # Packed rows (data.packing): attention stays inside each example, positions restart per example.
+    for key in ("segment_ids", "positions"):
+        if prefix + key in batch:
+            kwargs[key] = batch[prefix + key]
     if prefix + "images" in batch:
         kwargs.update(images=batch[prefix + "images"], image_mask=batch.get(prefix + "image_mask"))
     return model(batch[prefix + "tokens"], **kwargs)

@@ -94,3 +94,27 @@ def test_trim_to_bucket_per_member():
     assert out["weak_tokens"].shape == (2, 16)       # longest row fills seq_len: no bucket fits
     assert out["images"].shape == (2, 3, 3, 3)
     assert out["attention_mask"][0].sum() == 5       # nothing real was cut
+
+
+def test_sync_bucket_cuts_to_the_agreed_length():
+    mask = np.zeros((2, 16), np.int32)
+    mask[0, :5] = 1
+    batch = {"tokens": np.ones((2, 16), np.int32), "targets": np.ones((2, 16), np.int32),
+             "loss_mask": np.ones((2, 16), np.float32), "attention_mask": mask,
+             "segment_ids": mask, "positions": np.zeros((2, 16), np.int32)}
+    # One process: the batch's own bucket, segment keys cut along with the rest.
+    out = pipeline.sync_bucket(batch, (4, 8, 12), process_count=1)
+    assert {v.shape for v in out.values()} == {(2, 8)}
+    assert pipeline.sync_bucket(batch, None, process_count=1) is batch
+    # A longer row elsewhere in the global batch (what the all-gather reports) widens the local cut.
+    out = pipeline.trim_to_bucket(batch, (4, 8, 12), longest={"": 11})
+    assert {v.shape for v in out.values()} == {(2, 12)}
+
+
+def test_length_buckets_with_two_processes_leave_the_cut_to_the_trainer():
+    # text_math rows are 47-51 bytes long.
+    rows = {"source": "text_math", "batch_size": 8, "seq_len": 64, "length_buckets": (48, 50, 52, 64)}
+    single = next(pipeline.make_iterator(ConfigDict(rows), seed=0))
+    assert single["tokens"].shape[1] in (50, 52)           # cut in the pipeline
+    local = next(pipeline.make_iterator(ConfigDict(rows), seed=0, process_index=1, process_count=2))
+    assert local["tokens"].shape == (4, 64)               # left whole: sync_bucket cuts per step

@@ -1,0 +1,131 @@
+"""Training rows from the data engine for the vision-language stages, generated on the fly.
+
+One source, ``engine_vlm``, three tasks (``data.task``), each a stage of the papers:
+
+* ``caption`` — MAVIS stage 2 / LLaVA alignment: ``<image>`` then the diagram's caption, caption
+  supervised (use the ``plain`` template).
+* ``instruct`` — MAVIS stage 3 / Math-LLaVA / Math-PUMA stage 3: the question of one MathVerse version
+  (``data.version``: one version, a tuple of versions drawn per example, or "mixed") with its image,
+  answered by the chain-of-thought that ends in the answer line. ``data.multiple_choice`` is the fraction
+  of examples asked in multiple-choice form (their CoT ends by naming the option letter).
+* ``pairs`` — Math-PUMA stage 2: the text-rich (``strong_``) and vision-rich (``weak_``) member of each
+  problem, same answer, same CoT (see :func:`mathvlm.data.sources.join_members`).
+
+The user turn is the same text the held-out evaluator asks (:mod:`mathvlm.data.engine_prompts`), so
+training and evaluation prompts cannot drift apart. The source exposes ``levels`` (complexity
+0–3 per index) for ``data.complexity_ratio``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mathvlm import registry
+from mathvlm.data import engine_prompts
+from mathvlm.data.engine import core
+from mathvlm.data.engine.common import HELDOUT_OFFSET
+from mathvlm.data.engine.text import VERSIONS
+from mathvlm.data.sources import RowBuilder, join_members
+
+TASKS = ("caption", "instruct", "pairs")
+# Computing levels means generating every problem (no rendering); beyond this, ask for a smaller
+# num_examples instead of silently spending minutes at start-up.
+MAX_LEVEL_SCAN = 200_000
+
+
+def parse_versions(spec) -> tuple[str, ...]:
+    """``data.version``: "mixed" (every version), one version, or a tuple of versions."""
+    versions = VERSIONS if spec == "mixed" else ((spec,) if isinstance(spec, str) else tuple(spec))
+    unknown = [v for v in versions if v not in VERSIONS]
+    if unknown:
+        raise ValueError(f"data.version has unknown versions {unknown}; versions: {VERSIONS} or 'mixed'")
+    return versions
+
+
+def instruct_form(seed: int, index: int, versions, multiple_choice: float) -> tuple[str, bool]:
+    """The version and the multiple-choice flag of example ``index``: a pure function of the seed and
+    index, so the DPO pair builder (:mod:`mathvlm.dpo_pairs`) asks exactly what training showed."""
+    version = versions[int(np.random.default_rng([seed, index, 17, 0]).integers(len(versions)))]
+    draw = int(np.random.default_rng([seed, index, 17, 1]).integers(1_000_000))
+    return version, draw < multiple_choice * 1_000_000
+
+
+def _pair_member(record: dict, side: str) -> dict:
+    """The instruct-record view of one side of a pair record (its question; the MC form lists the same
+    options the engine drew for the problem)."""
+    question = record[side + "_question"]
+    listed = "\n".join(f"{'ABCD'[i]}. {c}" for i, c in enumerate(engine_prompts.choice_list(record)))
+    return {"id": f"{record['id']}/{side}", "question": question, "has_image": 1,
+            "question_mc": f"{question}\nPick one of the options below.\n{listed}",
+            "cot": record["cot"], "cot_mc": record["cot_mc"]}
+
+
+@registry.register("source", "engine_vlm")
+class EngineVLMSource:
+    """Tokenised engine rows (see module docstring). Config keys besides the pipeline's (``seq_len``,
+    ``template``, ``image_size``, ``image_preprocess``, ``num_image_tokens``): ``task``, ``version``,
+    ``multiple_choice`` (0–1), ``families``, ``split`` (train/heldout), ``num_examples``,
+    ``render_size`` (engine canvas in px before preprocessing; default 224)."""
+
+    def __init__(self, data_config, *, seed: int, tokenizer):
+        get = data_config.get
+        self.task = get("task", "instruct")
+        if self.task not in TASKS:
+            raise ValueError(f"data.task={self.task!r}; tasks: {TASKS}")
+        self.versions = parse_versions(get("version", "mixed"))
+        self.multiple_choice = float(get("multiple_choice", 0.0))
+        if not 0.0 <= self.multiple_choice <= 1.0:
+            raise ValueError(f"data.multiple_choice={self.multiple_choice} must be a fraction in [0, 1]")
+        if not get("image_size", 0):
+            raise ValueError("source engine_vlm needs data.image_size (the model's input resolution)")
+        engine_config = {"kind": "caption" if self.task == "caption" else self.task,
+                         "families": get("families", None), "split": get("split", "train"),
+                         "num_examples": get("num_examples", 1_000_000),
+                         "image_size": get("render_size", 224)}
+        self.engine = core.EngineSource(type(data_config)(engine_config), seed=seed)
+        self.build = RowBuilder(data_config, tokenizer, default_template="plain")
+        self._levels = None
+
+    def __len__(self) -> int:
+        return len(self.engine)
+
+    @property
+    def levels(self) -> np.ndarray:
+        if self._levels is None:
+            if len(self) > MAX_LEVEL_SCAN:
+                raise ValueError(f"data.complexity_ratio on engine_vlm scans every problem for its level; "
+                                 f"set data.num_examples ≤ {MAX_LEVEL_SCAN} (now {len(self)})")
+            e = self.engine
+            self._levels = np.asarray([core.make_problem(e.seed, i, e.families)["complexity"]
+                                       for i in range(len(self))], np.int32)
+        return self._levels
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if self.task == "caption":
+            record = self.engine[index]
+            row = self.build({"id": record["id"], "images": [record["image"]], "conversation": [
+                {"role": "user", "content": engine_prompts.IMAGE_MARK},
+                {"role": "assistant", "content": record["caption"]}]})
+            return row | {"level": np.int32(record["complexity"])}
+        if self.task == "pairs":
+            record = self.engine[index]
+            _, mc = instruct_form(self.engine.seed, index, self.versions, self.multiple_choice)
+            members = {side: self.build({
+                "id": f"{record['id']}/{side}", "images": [record[side + "_image"]],
+                "conversation": engine_prompts.engine_conversation(_pair_member(record, side), mc)})
+                for side in ("strong", "weak")}
+            return join_members(members) | {"level": np.int32(record["complexity"])}
+        e = self.engine
+        version, mc = instruct_form(e.seed, index, self.versions, self.multiple_choice)
+        record = core.make_record(e.seed, index, kind="instruct", version=version,
+                                  image_size=e.image_size, families=e.families)
+        image = engine_prompts.engine_image(record, mc)
+        row = self.build({"id": record["id"], "images": [] if image is None else [image],
+                          "conversation": engine_prompts.engine_conversation(record, mc)})
+        return row | {"level": np.int32(record["complexity"])}
+
+
+def heldout_seed(seed: int) -> int:
+    """The engine seed of the held-out split of ``seed`` (disjoint from training)."""
+    return int(seed) + HELDOUT_OFFSET
