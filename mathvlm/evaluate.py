@@ -5,8 +5,12 @@
       Prints per-category tables, then as the LAST line one JSON object with correct, total, accuracy.
   python -m mathvlm.evaluate check-data --root DIR
       Load every benchmark folder under DIR (mathvista/, mathverse/, math_v/, we_math/, geoqa/) and print counts.
-  python -m mathvlm.evaluate run --config CFG --checkpoint CKPT --workdir DIR
-      Generation-driven evaluation; not wired to the trainer's model yet.
+  python -m mathvlm.evaluate run --config CFG (--checkpoint CKPT | --hf FOLDER) --workdir DIR
+                                 [--evaluators JSON] [--step N]
+      Build the config's model, load a training checkpoint (a run's workdir: its newest step, or --step N;
+      or a ``checkpoints/<step>`` folder) or a transformers folder, run the config's ``eval.evaluators``
+      (or the JSON list/dict given) and print a table per evaluator, then as the LAST line one JSON
+      object with every metric; also writes DIR/eval_metrics.json and the evaluators' own tables.
 """
 
 from __future__ import annotations
@@ -87,6 +91,96 @@ def check_data(root: str) -> dict:
     return counts
 
 
+def _evaluator_specs(config, override: str | None) -> list[dict]:
+    if override is None:
+        specs = [dict(spec) for spec in config.eval.evaluators]
+        if not specs:
+            raise ValueError("the config has no eval.evaluators; add some or pass --evaluators "
+                             "'[{\"name\": \"text_math\"}]'")
+        return specs
+    try:
+        specs = json.loads(override)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--evaluators is not JSON ({e}); e.g. '[{{\"name\": \"engine_heldout\", "
+                         f"\"num_examples\": 8}}]'") from None
+    specs = [specs] if isinstance(specs, dict) else specs
+    if not isinstance(specs, list) or not all(isinstance(x, dict) and "name" in x for x in specs):
+        raise ValueError("--evaluators must be a JSON object or list of objects, each with a \"name\"")
+    return specs
+
+
+def _checkpoint_location(checkpoint: str, step: int | None) -> str:
+    """The folder ``load_from_checkpoint`` reads: the newest step of a workdir, or step ``step``."""
+    if step is None:
+        return checkpoint
+    for candidate in (os.path.join(checkpoint, "checkpoints", str(step)), os.path.join(checkpoint, str(step))):
+        if os.path.isdir(os.path.join(candidate, "state")):
+            return candidate
+    folder = os.path.join(checkpoint, "checkpoints")
+    steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+    raise FileNotFoundError(f"--step {step}: no {checkpoint}/checkpoints/{step}/state; saved steps there: "
+                            f"{steps or 'none'}")
+
+
+def load_model(config, *, checkpoint: str | None = None, hf: str | None = None, step: int | None = None):
+    """``(model, {"source", "step"})``: the config's model as the trainer builds it (transformers
+    start, LoRA adapters), with its parameters from a training checkpoint, or a transformers folder."""
+    import jax
+    from flax import nnx
+
+    from mathvlm import sharding
+    from mathvlm.train import loop
+    from mathvlm.train.init import checkpoint_state_dir, load_from_checkpoint, load_from_hf
+
+    mesh, rules = sharding.make_mesh(config.mesh), config.sharding.rules
+    if hf:
+        from mathvlm import hf as hf_lib
+
+        options = ({k: v for k, v in config.model.to_dict().items() if k not in ("name", "preset")}
+                   if config.model.name == "hf" else {})
+        model = hf_lib.from_pretrained(hf, mesh=mesh, rules=rules, **options)
+        return model, {"source": f"hf:{os.path.abspath(hf)}"}
+    location = _checkpoint_location(checkpoint, step)
+    state_dir, found_step = checkpoint_state_dir(location)
+    if config.init.get("hf"):  # the architecture comes from the transformers folder the run started at
+        model = load_from_hf(config.init.hf, config.model, mesh, rules)
+    else:
+        model = sharding.create_sharded(lambda: loop.build_model(config.model, config.seed), mesh, rules)
+    lora = config.get("lora", None)
+    if lora and lora.get("rank", 0):
+        with jax.set_mesh(mesh), sharding.use_rules(rules):
+            loop.add_lora(model, config)
+            params = nnx.state(model)
+            nnx.update(model, jax.device_put(params, sharding.state_shardings(params, mesh, rules)))
+    load_from_checkpoint(model, location)  # every parameter, as the trainer saved them
+    return model, {"source": state_dir, "step": found_step}
+
+
+def run_evaluation(config_spec: str, workdir: str, *, checkpoint: str | None = None, hf: str | None = None,
+                   evaluators: str | None = None, step: int | None = None) -> dict:
+    """Evaluate a checkpoint or transformers folder with a config's evaluators; returns the metrics."""
+    from mathvlm import config as mc
+    from mathvlm.train import loop
+
+    config = mc.load(config_spec)
+    specs = _evaluator_specs(config, evaluators)
+    config.eval.evaluators = specs
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    model, origin = load_model(config, checkpoint=checkpoint, hf=hf, step=step)
+    metrics = loop.evaluate(loop.make_evaluators(config, workdir=workdir), model)
+    for name in dict.fromkeys(key.split("/")[0] for key in metrics):
+        print(f"## {name}\n\n| metric | value |\n|---|---:|")
+        for key, value in metrics.items():
+            if key.split("/")[0] == name:
+                print(f"| {key} | {value:.4f} |")
+        print()
+    result = {**metrics, **origin}
+    with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mathvlm.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,17 +194,28 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--workdir", help="also write <benchmark>.md and <benchmark>.json here")
     check = commands.add_parser("check-data", help="load every benchmark folder under --root and print counts")
     check.add_argument("--root", required=True)
-    run = commands.add_parser("run", help="generate and score with a trained model (not available yet)")
-    run.add_argument("--config")
-    run.add_argument("--checkpoint")
-    run.add_argument("--workdir")
+    run = commands.add_parser("run", help="generate with a trained model and score with the config's evaluators")
+    run.add_argument("--config", required=True, help="the run's config, e.g. configs/text_demo.py:steps=4")
+    weights = run.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", help="a training workdir (newest step) or its checkpoints/<step> folder")
+    weights.add_argument("--hf", help="a local transformers folder instead of a training checkpoint")
+    run.add_argument("--workdir", required=True, help="where eval_metrics.json and the tables go")
+    run.add_argument("--evaluators", help="JSON object or list replacing the config's eval.evaluators")
+    run.add_argument("--step", type=int, help="with --checkpoint WORKDIR: this step instead of the newest")
     args = parser.parse_args(argv)
 
     if args.command == "run":
-        print("evaluate run: not available yet -- generation from a checkpoint is not wired to the trainer's "
-              "model. Score existing predictions with `score`, or call the registered evaluators "
-              "(mathvlm.eval.evaluators) with your own predict_fn.", file=sys.stderr)
-        return 2
+        from absl import logging
+
+        logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
+        try:
+            result = run_evaluation(args.config, args.workdir, checkpoint=args.checkpoint, hf=args.hf,
+                                    evaluators=args.evaluators, step=args.step)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(json.dumps(result))
+        return 0
     try:
         if args.command == "check-data":
             counts = check_data(args.root)

@@ -211,58 +211,72 @@ class WeMathEvaluator(BenchmarkEvaluator):
 
 @registry.register("evaluator", "engine_heldout")
 class EngineHeldoutEvaluator:
-    """Held-out engine problems: any iterable of dicts with ``question, answer, choices, version, family,
-    complexity`` (``image`` optional: an array or a path). Accuracy per version, family and complexity.
+    """The data engine's held-out split (seed ``seed + HELDOUT_OFFSET``, never trained on): the first
+    ``num_examples`` problems, each asked in every one of ``versions`` (MathVerse-style: same problem,
+    information moved between text and image). Accuracy overall and per version, family and complexity.
 
-    MC items (non-empty ``choices``) are right when the extracted letter or text names the right choice;
-    free-form items when math-verify finds the extracted answer equivalent to ``answer``."""
+    Config: ``{"name": "engine_heldout", "num_examples": 64, "versions": ("text_dominant", ...),
+    "families": None, "image_size": 64, "seed": 0, "multiple_choice": True}``. ``records`` (dicts with
+    the fields of ``make_record(kind="instruct")``) replaces the generated set, e.g. a fixed file.
+
+    Prompts and answer extraction are :mod:`mathvlm.data.engine_prompts`, the same as the engine
+    training rows use: the question (``question_mc`` listing the options for multiple choice) with the
+    image, answered by a chain of thought whose last line is ``The answer is X[, which is option L].``.
+    """
 
     name = "engine"
+    FIELDS = ("question", "answer", "version", "family", "complexity")
 
-    def __init__(self, predict_fn, *, records: Iterable[dict], workdir: str | None = None,
-                 batch_size: int = 8, name: str = "engine"):
+    def __init__(self, predict_fn, *, num_examples: int = 64, versions=("text_dominant", "text_lite",
+                 "vision_intensive", "vision_dominant", "vision_only"), families=None,
+                 image_size: int = 64, seed: int = 0, multiple_choice: bool = True,
+                 records: Iterable[dict] | None = None, workdir: str | None = None, batch_size: int = 8,
+                 name: str = "engine"):
         self.predict_fn = predict_fn
-        self.records = records
-        self.workdir = workdir
-        self.batch_size = batch_size
-        self.name = name
+        self.num_examples, self.seed, self.image_size = int(num_examples), int(seed), image_size
+        self.versions = (versions,) if isinstance(versions, str) else tuple(versions)
+        self.families = tuple(families) if families else None
+        self.multiple_choice = bool(multiple_choice)
+        self.workdir, self.batch_size, self.name = workdir, batch_size, name
+        self._records = None if records is None else list(records)
 
-    @staticmethod
-    def prompt(record: dict) -> str:
-        text = record["question"]
-        if record.get("choices"):
-            text += "\nChoices:\n" + "\n".join(f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(record["choices"]))
-            return text + "\nAnswer with the option letter, in the form 'Answer: X'."
-        return text + "\nGive the final answer in the form 'Answer: value'."
+    def records(self) -> list[dict]:
+        """The held-out records, made once (rendering images costs ~ms each)."""
+        if self._records is None:
+            # Imported here: mathvlm.data pulls grain (and with it JAX), which this package avoids.
+            from mathvlm.data.engine import text
+            from mathvlm.data.engine.common import FAMILIES, HELDOUT_OFFSET
+            from mathvlm.data.engine.core import make_record
 
-    @staticmethod
-    def is_correct(record: dict, response: str) -> bool:
-        from mathvlm.eval.mathverify_equal import equivalent
+            unknown = sorted(set(self.versions) - set(text.VERSIONS))
+            if unknown or not self.versions:
+                raise ValueError(f"engine_heldout: versions {unknown or '()'} unknown; choose from {text.VERSIONS}")
+            self._records = [make_record(self.seed + HELDOUT_OFFSET, index, kind="instruct", version=version,
+                                         image_size=self.image_size, families=self.families or FAMILIES)
+                             for version in self.versions for index in range(self.num_examples)]
+        fields = self.FIELDS + (("question_mc", "choices", "answer_mc") if self.multiple_choice else ())
+        for index, record in enumerate(self._records):
+            common.require(record, fields, "engine_heldout records",
+                           record.get("id", index) if isinstance(record, dict) else index)
+        return self._records
 
-        choices = record.get("choices") or []
-        answer = str(record["answer"]).strip()
-        if choices:
-            letter = local_extraction.extract_choice_letter(response, len(choices))
-            # The answer may be stored as a letter or as the choice text.
-            right = answer if len(answer) == 1 and answer.isalpha() else (
-                chr(ord("A") + choices.index(answer)) if answer in choices else answer)
-            if letter is not None:
-                return letter == right
-            return local_extraction.answer_tail(response) == choices[ord(right) - ord("A")]
-        tail = local_extraction.answer_tail(response)
-        return tail == answer or equivalent(answer, tail)
+    def image(self, record: dict):
+        """The record's picture for predict_fn: None when it shows none (text_only)."""
+        from mathvlm.data import engine_prompts
+
+        image = engine_prompts.engine_image(record, self.multiple_choice)
+        return load_image(image) if isinstance(image, str) else image
 
     def run(self, state):
-        records = list(self.records)
-        for index, record in enumerate(records):
-            common.require(record, ("question", "answer", "choices", "version", "family", "complexity"),
-                           "<engine records>", record.get("id", index) if isinstance(record, dict) else index)
+        from mathvlm.data import engine_prompts
+
+        records = self.records()
         tally = common.Tally()
         for batch in common.batched(records, self.batch_size):
-            images = [r.get("image") if not isinstance(r.get("image"), str) else load_image(r["image"]) for r in batch]
-            responses = self.predict_fn(state, [self.prompt(r) for r in batch], images)
+            prompts = [engine_prompts.engine_prompt(r, self.multiple_choice) for r in batch]
+            responses = self.predict_fn(state, prompts, [self.image(r) for r in batch])
             for record, response in zip(batch, responses, strict=True):
-                tally.add(self.is_correct(record, response),
+                tally.add(engine_prompts.is_correct(record, response, self.multiple_choice),
                           {k: record[k] for k in ("version", "family", "complexity")})
         if self.workdir:
             common.write_tables(tally.to_dict(), self.workdir, self.name)

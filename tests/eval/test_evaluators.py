@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mathvlm import registry
@@ -74,23 +75,87 @@ def test_predict_fn_returning_wrong_count_is_an_error():
         list(geo.run(None))
 
 
-def test_engine_heldout_per_version_family_complexity(tmp_path):
-    records = [
-        {"question": "1+1?", "answer": "2", "choices": [], "version": "v1", "family": "arith", "complexity": 1},
-        {"question": "half?", "answer": "\\frac{1}{2}", "choices": [], "version": "v1", "family": "arith", "complexity": 2},
-        {"question": "pick", "answer": "B", "choices": ["3", "4"], "version": "v2", "family": "geo", "complexity": 1},
-        {"question": "pick text", "answer": "4", "choices": ["3", "4"], "version": "v2", "family": "geo", "complexity": 2},
-    ]
-    replies = {"1+1?": "Answer: 2", "half?": "Answer: 0.5", "pick": "Answer: (A)", "pick text": "Answer: B"}
+def engine_record(question, answer, version, family, complexity, choices="", answer_mc="A"):
+    return {"question": question, "question_mc": question + " (mc)", "answer": answer, "choices": choices,
+            "answer_mc": answer_mc, "version": version, "family": family, "complexity": complexity,
+            "has_image": 0}
+
+
+def test_engine_heldout_scores_records_per_version_family_complexity(tmp_path):
+    records = [engine_record("1+1?", "2", "v1", "arith", 1),
+               engine_record("half?", "1/2 = 0.5", "v1", "arith", 2),
+               engine_record("side?", "8√3 ≈ 13.86", "v2", "geo", 1),
+               engine_record("eq?", "x = 3", "v2", "geo", 2)]
+    replies = {"1+1?": "Step 1: 1 + 1 = 2.\nThe answer is 2.", "half?": "The answer is 0.5.",
+               "side?": "The answer is 13.86.", "eq?": "The answer is x = -3."}
+    predict_fn, calls = scripted(lambda p: replies[p])
     evaluator = registry.get("evaluator", "engine_heldout")(
-        scripted(lambda p: replies[p.split("\n")[0]])[0], records=iter(records), workdir=str(tmp_path))
+        predict_fn, records=iter(records), multiple_choice=False, workdir=str(tmp_path))
     metrics = dict(evaluator.run(None))
     assert metrics["engine/accuracy"] == 0.75
     assert metrics["engine/version/v1"] == 1.0 and metrics["engine/family/geo"] == 0.5
-    assert metrics["engine/complexity/1"] == 0.5
+    assert metrics["engine/complexity/1"] == 1.0 and metrics["engine/complexity/2"] == 0.5
+    assert calls[0][2] == [None] * 4  # has_image=0: no picture goes to the model
     assert (tmp_path / "engine.md").exists()
     with pytest.raises(DataError, match="lacks required field"):
         list(registry.get("evaluator", "engine_heldout")(None, records=[{"question": "q"}]).run(None))
+
+
+@pytest.mark.parametrize("multiple_choice", [True, False])
+def test_engine_heldout_from_options_asks_the_training_prompt(multiple_choice):
+    from mathvlm.data import engine_prompts
+
+    versions = ("text_dominant", "vision_only", "text_only")
+    evaluator = registry.get("evaluator", "engine_heldout")(
+        None, num_examples=3, versions=versions, image_size=32, seed=0, multiple_choice=multiple_choice,
+        batch_size=4)
+    records = evaluator.records()
+    assert [r["version"] for r in records] == [v for v in versions for _ in range(3)]
+    assert all(r["id"].startswith("engine/1000000/") for r in records)  # the held-out seed range
+    queue = list(records)
+
+    def oracle(state, prompts, images):
+        # Answers with the training target of the record the prompt must come from (in order).
+        batch, queue[:] = queue[:len(prompts)], queue[len(prompts):]
+        for record, prompt, image in zip(batch, prompts, images):
+            assert prompt == (record["question_mc"] if multiple_choice else record["question"])
+            assert (image is None) == (record["version"] == "text_only")
+            assert image is None or (image.dtype == np.uint8 and image.shape == (32, 32, 3))
+        return [engine_prompts.engine_target(r, multiple_choice) for r in batch]
+
+    evaluator.predict_fn = oracle
+    metrics = dict(evaluator.run(None))
+    assert metrics["engine/accuracy"] == 1.0 and not queue
+    assert {f"engine/version/{v}" for v in versions} <= set(metrics)
+    assert any(k.startswith("engine/family/") for k in metrics)
+    assert any(k.startswith("engine/complexity/") for k in metrics)
+    evaluator.predict_fn = lambda s, p, i: ["The answer is 123457, which is option E."] * len(p)
+    assert dict(evaluator.run(None))["engine/accuracy"] == 0.0
+    with pytest.raises(ValueError, match="versions .*unknown"):
+        registry.get("evaluator", "engine_heldout")(None, versions=("text_heavy",)).records()
+
+
+def test_engine_answer_extraction_matches_the_cot_answer_line():
+    from mathvlm.data import engine_prompts as ep
+    from mathvlm.data.engine.core import make_record
+
+    for index in range(40):
+        record = make_record(7, index, kind="instruct", version="mixed", image_size=32)
+        user = ep.engine_conversation(record, True)[0]["content"]
+        assert user == ("<image>\n" if record["version"] != "text_only" else "") + record["question_mc"]
+        assert ep.is_correct(record, record["cot"], False) and ep.is_correct(record, record["cot_mc"], True)
+        assert ep.is_correct(record, record["cot"], True)  # the option named by its text
+        for letter, option in zip("ABCD", ep.choice_list(record)):
+            if letter != record["answer_mc"]:
+                assert not ep.is_correct(record, f"The answer is {option}.", False)
+                assert not ep.is_correct(record, f"The answer is {option}, which is option {letter}.", True)
+    assert ep.extract_answer("Step 1: x.\nThe answer is 165/2 = 82.5, which is option A.") == "165/2 = 82.5"
+    assert ep.extract_option("The answer is 7, which is option (C).") == "C"
+    assert ep.extract_option("The answer is 7, which is option F.") is None  # only four options
+    assert ep.extract_answer("no answer line") is None
+    assert ep.same_answer("82.5", "165/2 = 82.5") and ep.same_answer("165/2", "165/2 = 82.5")
+    assert ep.same_answer("13.86", "8√3 ≈ 13.86") and not ep.same_answer("13.9", "8√3 ≈ 13.86")
+    assert not ep.same_answer("x = -3", "x = 3") and not ep.same_answer("3", "x = 3")
 
 
 def test_scorers_import_no_jax():

@@ -106,9 +106,11 @@ def test_cli_check_data_counts(capsys):
     assert counts["mathverse/testmini.json"] == {"records": 2, "Text Only": 1, "Vision Only": 1}
 
 
-def test_cli_run_is_not_available_yet(capsys):
-    assert evaluate.main(["run", "--config", "c", "--checkpoint", "k", "--workdir", "w"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+def test_cli_run_names_a_missing_config(capsys, tmp_path):
+    assert evaluate.main(["run", "--config", str(tmp_path / "nope.py"), "--checkpoint", "k",
+                          "--workdir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "nope.py" in err and "not found" in err
 
 
 def test_we_math_cli_merges_fields_from_data(capsys, tmp_path):
