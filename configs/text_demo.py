@@ -1,9 +1,10 @@
-"""The CPU demo (README's main job): a tiny decoder learns text arithmetic with worked answers.
+"""The text-only demo: a tiny decoder learns text arithmetic with worked answers in about a minute.
 
-    python -m mathvlm.main --config configs/demo.py --workdir runs/demo
+    python -m mathvlm.main --config configs/text_demo.py --workdir runs/text_demo
 
-Until the data engine and the multimodal stages land, this is the longest end-to-end path: grain input,
-a sharded NNX decoder, the next-token loss, AdamW, metrics.jsonl + TensorBoard.
+The shortest end-to-end path (grain input, a sharded NNX decoder, the next-token loss, AdamW, KV-cache
+evaluation, metrics.jsonl + TensorBoard); the tests of the loop, resume and multi-process runs use it.
+The README's main job is the multimodal chain, ``configs/demo.py``.
 """
 
 from mathvlm import config as mc

@@ -1,7 +1,7 @@
 """Run N cooperating processes on this machine (gloo CPU collectives), e.g. to test multi-host code:
 
     python launch/multiprocess.py --processes 2 --local-devices 4 -- \
-        -m mathvlm.main --config configs/demo.py --workdir runs/mp
+        -m mathvlm.main --config configs/text_demo.py --workdir runs/mp
 
 Everything after ``--`` is passed to ``python`` in each process. Exits with the first non-zero code;
 each process's output is prefixed with its index.

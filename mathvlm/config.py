@@ -95,6 +95,9 @@ def defaults() -> ConfigDict:
     c.model = ConfigDict({"name": ""})   # registry "model" name + its keyword arguments
     # Starting weights: a transformers folder, and/or a previous stage's run (see mathvlm.train.init).
     c.init = ConfigDict({"hf": "", "checkpoint": "", "params": ""})
+    # LoRA adapters (rank 0 = none), added after the starting weights load; ``targets`` are regular
+    # expressions on Dense paths (mathvlm.models.lora.apply_lora).
+    c.lora = ConfigDict({"rank": 0, "alpha": 16.0, "targets": ("q_proj", "v_proj")})
     c.data = ConfigDict({"source": "", "batch_size": 8, "seq_len": 128, "max_bad_fraction": 0.1})
     # Sequences are tuples: ml_collections' command-line overrides accept tuples, not lists.
     c.loss = ConfigDict({"terms": ({"name": "next_token", "weight": 1.0},)})
@@ -105,6 +108,7 @@ def defaults() -> ConfigDict:
         "log_every": 10,
         "trainable": "all",              # parameter filter (module-path patterns)
         "max_nonfinite": 5,              # consecutive non-finite steps (skipped) before stopping
+        "peak_tflops": 0.0,              # the devices' summed peak, for the logged MFU (0: not logged)
     })
     c.optim = ConfigDict({
         "lr": 1e-3, "end_lr_fraction": 0.0, "warmup_steps": 10, "schedule": "cosine",
@@ -139,6 +143,19 @@ def load(spec: str) -> ConfigDict:
     if not isinstance(config, ConfigDict):
         raise ConfigError(f"{path}: get_config returned {type(config).__name__}, not a ConfigDict")
     return config
+
+
+def write_config(config: ConfigDict, workdir: str) -> str:
+    """Write the resolved config as ``DIR/config.json`` (process 0 only)."""
+    import json
+
+    import jax  # deferred: this module stays importable without JAX
+
+    path = os.path.join(workdir, "config.json")
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+    return path
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:

@@ -6,7 +6,6 @@ flags → config (checked before any work) → workdir (config.json) → mesh �
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -36,17 +35,6 @@ def prepare_workdir(workdir: str) -> str:
     return workdir
 
 
-def write_config(config, workdir: str) -> str:
-    """Write the resolved config as ``DIR/config.json`` (process 0 only)."""
-    import jax  # deferred: keeps `--help` and config errors fast
-
-    path = os.path.join(workdir, "config.json")
-    if jax.process_index() == 0:
-        with open(path, "w") as f:
-            json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
-    return path
-
-
 def _say(message: str) -> None:
     import jax
 
@@ -57,7 +45,7 @@ def _say(message: str) -> None:
 def run(config, workdir: str):
     """Run ``config.job`` in ``workdir``; returns whatever the job returns (e.g. final metrics)."""
     workdir = prepare_workdir(workdir)
-    write_config(config, workdir)
+    mc.write_config(config, workdir)
     mesh = sharding.make_mesh(config.mesh)
     _say(f"workdir {workdir}; mesh {dict(mesh.shape)} over {mesh.size} devices; "
          f"sharding rules {config.sharding.rules!r}")

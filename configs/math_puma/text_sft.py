@@ -8,18 +8,20 @@ Real sizes start from a local Qwen2-Instruct transformers folder (weights and to
 Math-PUMA stage-1 rows (``{"instruction", "output"}``, JSON or JSONL) with the ChatML template. The
 released scripts' optimiser settings: AdamW lr 3e-5, cosine, warmup 1%, weight decay 0.1, global batch
 128, one epoch (~200K rows → ``steps=1560``), length 2048, seed 3407. ``size=tiny`` trains the tiny
-decoder on the built-in text arithmetic instead, with no files.
+decoder on the built-in text arithmetic instead, with no files; ``size=tiny-vlm`` trains the decoder of
+the tiny VLM on the engine's text-only problems (the demo chain's stand-in for a math-pretrained LLM;
+``init=`` a CLIP-Math run to carry its image tower along untouched).
 """
 
 from mathvlm import config as mc
+from mathvlm import recipes
 
-SIZES = ("tiny", "1.5b", "7b")
+SIZES = ("tiny", "tiny-vlm", "1.5b", "7b")
 
 
 def get_config(arg=None):
-    arg = mc.parse_arg(arg, size="tiny", hf="", data="", steps=0)
-    if arg.size not in SIZES:
-        raise mc.ConfigError(f"size={arg.size!r}; sizes: {SIZES}")
+    arg = mc.parse_arg(arg, size="tiny", hf="", data="", init="", steps=0)
+    recipes.check_size(arg.size, SIZES)
     config = mc.defaults()
     config.name = f"math_puma/text_sft ({arg.size})"
     config.train.step = "next_token"
@@ -30,6 +32,11 @@ def get_config(arg=None):
                                      "seq_len": 64, "max_operand": 20, "max_bad_fraction": 0.1})
         config.train.steps = arg.steps or 300
         config.optim.lr, config.optim.warmup_steps = 3e-3, 20
+    elif arg.size == "tiny-vlm":
+        recipes.tiny_vlm_stage(config, "instruct", steps=arg.steps or 400, lr=2e-3, seq_len=384,
+                               version="text_only")
+        config.init.checkpoint, config.init.params = arg.init, "vision_model:vision_tower"
+        config.train.trainable = "decoder"  # text-only rows never reach the image tower or projector
     else:
         if not (arg.hf and arg.data):
             raise mc.ConfigError(f"size={arg.size} needs hf=<local Qwen2-{arg.size.upper()}-Instruct "

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mathvlm import registry
 from mathvlm.losses.common import require, safe_divide
@@ -114,8 +115,11 @@ def puma_kl_loss(strong_logits, weak_logits, strong_loss_mask, weak_targets, wea
         raise ValueError(f"unknown puma_kl positions {positions!r}; choose one of {POSITIONS}")
     select = inputs_mask if positions == "inputs" else (lambda m: jnp.asarray(m, jnp.float32))
 
-    strong_index, strong_count = answer_positions(select(strong_loss_mask), max_answer_tokens)
-    weak_index, weak_count = answer_positions(select(weak_loss_mask), max_answer_tokens)
+    # The members may be padded to different lengths (length buckets cut each member on its own); only
+    # min(count) answer tokens are aligned, and that fits in the shorter member.
+    gathered = min(strong_logits.shape[1], weak_logits.shape[1], max_answer_tokens or np.inf)
+    strong_index, strong_count = answer_positions(select(strong_loss_mask), int(gathered))
+    weak_index, weak_count = answer_positions(select(weak_loss_mask), int(gathered))
     aligned_count = jnp.minimum(strong_count, weak_count)
     k = jnp.arange(strong_index.shape[1])
     aligned = (k[None, :] < aligned_count[:, None]).astype(jnp.float32)  # [B, K]

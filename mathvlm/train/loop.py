@@ -8,6 +8,7 @@ whose loss or gradient is not finite (stopping after ``train.max_nonfinite`` in 
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 
@@ -64,12 +65,24 @@ def make_train_step(config, graphdef, model_graphdef, trainable):
     return train_step
 
 
+def add_lora(model, config):
+    """LoRA adapters of ``config.lora`` (none at rank 0), after the starting weights are in: the adapter
+    wraps the loaded kernel, and B = 0 keeps the model's outputs unchanged."""
+    lora = config.get("lora", None)
+    if lora and lora.rank:
+        from mathvlm.models.lora import apply_lora
+
+        apply_lora(model, rank=lora.rank, alpha=lora.alpha, targets=tuple(lora.targets),
+                   rngs=nnx.Rngs(config.seed + 1))
+    return model
+
+
 def make_model_and_optimizer(config, trainable):
     """``() -> (model, optimizer)`` at random init: for ``create_sharded`` or ``nnx.eval_shape``."""
     tx = optim.make_optimizer(config.optim, config.train.steps)
 
     def make():
-        model = build_model(config.model, config.seed)
+        model = add_lora(build_model(config.model, config.seed), config)
         return model, nnx.Optimizer(model, tx, wrt=trainable)
 
     return make
@@ -88,16 +101,27 @@ class Trainer:
         self.schedule = optim.make_schedule(config.optim, config.train.steps)
 
         init_from = config.get("init", {})
-        if init_from.get("hf"):
-            model = load_from_hf(init_from["hf"], config.model, mesh, self.rules)
+        if init_from.get("hf") or init_from.get("checkpoint"):
+            # Load first, then add LoRA (adapters wrap the loaded kernels), then the optimizer, whose
+            # moments follow the parameters' placement.
+            if init_from.get("hf"):
+                model = load_from_hf(init_from["hf"], config.model, mesh, self.rules)
+            else:
+                model = sharding.create_sharded(lambda: build_model(config.model, config.seed), mesh,
+                                                self.rules)
+            if init_from.get("checkpoint"):
+                load_from_checkpoint(model, init_from["checkpoint"], init_from.get("params", ""))
             tx = optim.make_optimizer(config.optim, config.train.steps)
-            with jax.set_mesh(mesh):
-                optimizer = nnx.Optimizer(model, tx, wrt=self.trainable)  # moments follow the params
+            with jax.set_mesh(mesh), sharding.use_rules(self.rules):
+                add_lora(model, config)
+                # New adapters start on one device; place every parameter by its logical axes.
+                params = nnx.state(model)
+                nnx.update(model, jax.device_put(
+                    params, sharding.state_shardings(params, mesh, self.rules)))
+                optimizer = nnx.Optimizer(model, tx, wrt=self.trainable)
         else:
             make = make_model_and_optimizer(config, self.trainable)
             model, optimizer = sharding.create_sharded(make, mesh, self.rules)
-        if init_from.get("checkpoint"):
-            load_from_checkpoint(model, init_from["checkpoint"], init_from.get("params", ""))
         # DPO's reference: a frozen copy of the model as initialised (before any update or resume).
         model_graphdef, model_state = nnx.split(model)
         needs_reference = getattr(registry.get("step", config.train.step), "needs_reference", False)
@@ -107,6 +131,10 @@ class Trainer:
         shardings = jax.tree.map(lambda x: x.sharding, self.state)
         # The state is donated: the update happens in place in device memory.
         self._step = jax.jit(train_step, out_shardings=(shardings, None), donate_argnums=0)
+
+    @functools.cached_property
+    def num_params(self) -> int:
+        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(self.model, nnx.Param)))
 
     @property
     def model(self):
@@ -120,6 +148,16 @@ class Trainer:
 
     def report(self) -> sharding.ReplicationReport:
         return sharding.replicated_report(self.state[0])  # the model's parameters
+
+
+def flops_metrics(num_params: int, tokens_per_s: float, peak_tflops: float) -> dict:
+    """Model FLOPs/s by the 6·N·D rule (forward + backward, attention scores left out, so an estimate
+    that errs low at long sequences) and, given the hardware's peak per process group, the MFU."""
+    tflops = 6.0 * num_params * tokens_per_s / 1e12
+    out = {"model_tflops_per_s": tflops}
+    if peak_tflops:
+        out["mfu"] = tflops / peak_tflops
+    return out
 
 
 class _Preemption:
@@ -145,20 +183,33 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def make_evaluators(config):
-    """The evaluators of ``config.eval.evaluators`` (``[{"name", **options}]``) with a text predictor."""
+def make_evaluators(config, workdir: str | None = None):
+    """The evaluators of ``config.eval.evaluators`` (``[{"name", **options}]``), sharing one
+    :class:`~mathvlm.train.predict.Predictor` built from ``config`` (tokenizer, template, image size and
+    preprocessing, image tokens: as the training rows). Evaluators that batch get the predictor's batch
+    size unless they set one (a smaller batch would be padded up to it); ``workdir`` is where those
+    that write tables put them, unless their options say otherwise."""
     if not config.eval.evaluators:
         return []
-    from mathvlm.data.text import load_tokenizer
+    import inspect
+
     from mathvlm.train.predict import Predictor
 
-    predictor = Predictor(load_tokenizer(config.data.get("tokenizer", "bytes")),
-                          config.data.get("template", "plain"),
-                          max_new_tokens=config.eval.get("max_new_tokens", 32))
+    predictor = Predictor.from_config(config)
     evaluators = []
     for spec in config.eval.evaluators:
-        options = {k: v for k, v in dict(spec).items() if k != "name"}
-        evaluators.append(registry.get("evaluator", spec["name"])(predictor, **options))
+        spec = dict(spec)
+        if "name" not in spec:
+            raise ValueError(f"config.eval.evaluators entry {spec} has no 'name'; registered evaluators: "
+                             f"{registry.names('evaluator')}")
+        cls = registry.get("evaluator", spec["name"])
+        options = {k: v for k, v in spec.items() if k != "name"}
+        accepted = inspect.signature(cls).parameters
+        if "batch_size" in accepted:
+            options.setdefault("batch_size", predictor.batch_size)
+        if workdir and "workdir" in accepted:
+            options.setdefault("workdir", workdir)
+        evaluators.append(cls(predictor, **options))
     return evaluators
 
 
@@ -191,12 +242,16 @@ def train(config, *, workdir: str, mesh):
     try:
         with _Preemption() as preemption:
             while step < total:
-                local = next(batches)
+                # One cut for the global batch: every process must hand the mesh the same length.
+                local = pipeline.sync_bucket(next(batches), config.data.get("length_buckets", None),
+                                             jax.process_count())
                 data_stats.update(local)
                 data_stats.check(max_bad_fraction)
                 metrics = trainer.step(local)
                 step += 1
-                window_tokens += int(np.sum(local["attention_mask"])) * jax.process_count()
+                # Every member of pair / preference rows ("strong_attention_mask", ...) is a forward pass.
+                window_tokens += jax.process_count() * sum(
+                    int(np.sum(v)) for k, v in local.items() if k.endswith("attention_mask"))
                 pending_finite.append(metrics.pop("finite"))
                 writer.advance()
                 log_now = step % config.train.log_every == 0 or step == total
@@ -215,7 +270,9 @@ def train(config, *, workdir: str, mesh):
                     metrics = jax.device_get(metrics)
                     elapsed = time.perf_counter() - window_start
                     metrics.update(lr=float(trainer.schedule(step - 1)), skipped_steps=skipped,
-                                   tokens_per_s=window_tokens / elapsed, **data_stats.metrics())
+                                   tokens_per_s=window_tokens / elapsed, **data_stats.metrics(),
+                                   **flops_metrics(trainer.num_params, window_tokens / elapsed,
+                                                   config.train.get("peak_tflops", 0.0)))
                     last = writer.write(step, metrics)
                     window_start, window_tokens = time.perf_counter(), 0
                 if evaluators and ((eval_every and step % eval_every == 0) or step == total):

@@ -175,6 +175,18 @@ def test_puma_kl_nonnegative_and_zero_iff_distributions_match(seed, same, mode):
     assert np.all(kls < 1e-6) if same else np.all(kls > 1e-3)
 
 
+@pytest.mark.parametrize("mode", ["official", "standard"])
+def test_members_cut_to_different_lengths_give_the_same_loss(mode):
+    # Length buckets cut each member of a pair on its own: extra padding must not change anything.
+    strong, weak = pair(5)
+    loss, metrics, _ = run(strong, weak, mode=mode)
+    longer = {key: np.concatenate([value, np.zeros((value.shape[0], 5) + value.shape[2:], value.dtype)],
+                                  axis=1) for key, value in weak.items()}
+    padded_loss, padded, _ = run(strong, longer, mode=mode)
+    np.testing.assert_allclose(float(padded_loss), float(loss), rtol=1e-6)
+    np.testing.assert_allclose(float(padded["kl"]), float(metrics["kl"]), rtol=1e-6)
+
+
 def test_max_answer_tokens_truncates_and_reports():
     strong, weak = pair(4)
     _, metrics, _ = run(strong, weak, mode="standard", max_answer_tokens=4)

@@ -20,7 +20,7 @@ def read_metrics(workdir):
     return [r for r in metrics.read_metrics(workdir) if "loss" in r]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEMO = os.path.join(ROOT, "configs", "demo.py")
+DEMO = os.path.join(ROOT, "configs", "text_demo.py")
 
 
 def demo_config(steps, evaluate=False, **overrides):

@@ -1,0 +1,142 @@
+"""Several stages run one after another in one workdir: the papers' pipelines as a single job.
+
+``config.job = "chain"`` with ``config.stages`` a tuple of ``{"name", "config", "init_from"}``: each
+stage is an ordinary recipe (``configs/<paper>/<stage>.py:arg``), trained by the ``train`` job in
+``<workdir>/<name>``; ``init_from`` names an earlier stage whose newest checkpoint initialises it (the
+recipe's own ``init.params`` says which parameters carry over, e.g. CLIP-Math's image tower into the
+VLM; a stage's ``params`` overrides it). Re-running the same command resumes: finished stages are read back, not retrained.
+
+At the end ``<workdir>/summary.md`` lists each stage's final metrics and, when stages ran the engine's
+held-out evaluator, the accuracy per MathVerse version and stage (table and ``by_version.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import logging
+
+from mathvlm import config as mc
+from mathvlm import registry, sharding
+from mathvlm.train.metrics import read_metrics
+
+VERSION_PREFIX = "engine/version/"
+
+
+def resolve_spec(spec: str, base_dir: str) -> str:
+    """A stage's config spec with a relative path taken relative to the chain config's folder (so the
+    chain runs from any working directory)."""
+    path, arg = mc.split_spec(spec)
+    if not os.path.isabs(path):
+        path = os.path.join(base_dir, path)
+    return path if arg is None else f"{path}:{arg}"
+
+
+def stage_config(stage: dict, workdir: str, base_dir: str):
+    config = mc.load(resolve_spec(stage["config"], base_dir))
+    if stage.get("init_from"):
+        with config.unlocked():
+            config.init.checkpoint = os.path.join(workdir, stage["init_from"])
+            if "params" in stage:  # the chain's predecessor may differ from the recipe's default one
+                config.init.params = stage["params"]
+    return config
+
+
+def _final_metrics(stage_dir: str) -> dict:
+    """The last value of every metric a finished stage logged."""
+    out = {}
+    if os.path.exists(os.path.join(stage_dir, "metrics.jsonl")):
+        for row in read_metrics(stage_dir):
+            out.update(row)
+    return out
+
+
+@registry.register("job", "chain")
+def chain(config, *, workdir: str, mesh):
+    del mesh  # each stage builds the mesh of its own config
+    base_dir = config.get("config_dir", "") or os.getcwd()
+    names = [stage["name"] for stage in config.stages]
+    for i, stage in enumerate(config.stages):
+        source = stage.get("init_from")
+        if source and source not in names[:i]:
+            raise mc.ConfigError(f"stage {stage['name']!r}: init_from={source!r} is not an earlier stage "
+                                 f"(earlier: {names[:i]})")
+    results, timings = {}, {}
+    for stage in config.stages:
+        stage_dir = os.path.join(workdir, stage["name"])
+        os.makedirs(stage_dir, exist_ok=True)
+        cfg = stage_config(stage, workdir, base_dir)
+        mc.write_config(cfg, stage_dir)
+        print(f"\n=== stage {stage['name']}: {cfg.name} → {stage_dir}", flush=True)
+        start = time.perf_counter()
+        stage_mesh = sharding.make_mesh(cfg.mesh)
+        registry.get("job", cfg.job)(cfg, workdir=stage_dir, mesh=stage_mesh)
+        timings[stage["name"]] = time.perf_counter() - start
+        results[stage["name"]] = _final_metrics(stage_dir)
+    path = write_chain_summary(workdir, config.name, results, timings)
+    print(f"chain summary: {path}", flush=True)
+    return results
+
+
+def by_version(results: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """``{stage: {version: accuracy}}`` for stages that ran the engine held-out evaluator."""
+    table = {}
+    for stage, metrics in results.items():
+        row = {k[len(VERSION_PREFIX):]: v for k, v in metrics.items() if k.startswith(VERSION_PREFIX)}
+        if row:
+            table[stage] = row
+    return table
+
+
+def write_chain_summary(workdir: str, title: str, results: dict, timings: dict) -> str:
+    lines = [f"# {title}", "", "| stage | time (s) | final loss | key metrics |", "|---|---|---|---|"]
+    for stage, metrics in results.items():
+        keys = [k for k in sorted(metrics) if k.endswith("accuracy") or k.endswith("/i2t_accuracy")]
+        shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in keys[:6])
+        loss = metrics.get("loss")
+        lines.append(f"| {stage} | {timings.get(stage, 0):.0f} | "
+                     f"{'' if loss is None else f'{loss:.4f}'} | {shown} |")
+    table = by_version(results)
+    if table:
+        versions = sorted({v for row in table.values() for v in row})
+        lines += ["", "## Held-out engine accuracy by MathVerse version", "",
+                  "| stage | " + " | ".join(versions) + " |", "|---" * (len(versions) + 1) + "|"]
+        for stage, row in table.items():
+            lines.append(f"| {stage} | " + " | ".join(
+                f"{100 * row[v]:.1f}" if v in row else "" for v in versions) + " |")
+        plot = _plot_by_version(workdir, table, versions)
+        if plot:
+            lines += ["", f"![accuracy by version]({os.path.basename(plot)})"]
+    path = os.path.join(workdir, "summary.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(workdir, "chain_metrics.json"), "w") as f:
+        json.dump({"final": results, "seconds": timings}, f, indent=2, sort_keys=True)
+    return path
+
+
+def _plot_by_version(workdir: str, table: dict, versions: list[str]) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plots are a convenience; the table above holds the numbers
+        logging.warning("matplotlib missing: no by_version.png")
+        return None
+    fig, ax = plt.subplots(figsize=(1.2 * len(versions) + 2, 3.2))
+    width = 0.8 / max(len(table), 1)
+    for i, (stage, row) in enumerate(table.items()):
+        xs = [j + i * width for j in range(len(versions))]
+        ax.bar(xs, [100 * row.get(v, 0.0) for v in versions], width, label=stage)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(versions))])
+    ax.set_xticklabels([v.replace("_", "\n") for v in versions], fontsize=8)
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(workdir, "by_version.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,69 @@
+"""Every paper recipe loads at every size, and the tiny ones fit together (shapes, tokens, init maps)."""
+
+import glob
+import importlib.util
+import os
+
+import pytest
+from flax import nnx
+
+from mathvlm import config as mc
+from mathvlm import recipes, registry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
+
+
+def load_with(path, args: dict):
+    """Load ``path`` with the subset of ``args`` the recipe takes (its error names unknown ones)."""
+    args = dict(args)
+    while True:
+        try:
+            return mc.load(f"{path}:" + ",".join(f"{k}={v}" for k, v in args.items()))
+        except mc.ConfigError as e:
+            unknown = [k for k in args if f"unknown config arg {k!r}" in str(e)]
+            if not unknown:
+                raise
+            del args[unknown[0]]
+
+
+def sizes_of(path):
+    spec = importlib.util.spec_from_file_location("recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, "SIZES", (None,))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_recipe_loads_at_every_size(path):
+    for size in sizes_of(path):
+        if size is None:
+            config = mc.load(path)
+        else:
+            args = {"size": size, "data": "/nonexistent/data.jsonl"}
+            if not size.startswith("tiny"):
+                args.update(hf="/nonexistent/hf", init="/nonexistent/run")
+            config = load_with(path, args)
+        assert config.name and config.train.steps > 0
+        registry.get("step", config.train.step)
+        if config.job == "chain":
+            assert all(stage["config"] for stage in config.stages)
+
+
+def test_real_sizes_say_what_they_need():
+    with pytest.raises(mc.ConfigError, match="hf="):
+        mc.load(os.path.join(ROOT, "configs/mavis/instruct.py") + ":size=7b")
+    with pytest.raises(mc.ConfigError, match="sizes"):
+        mc.load(os.path.join(ROOT, "configs/mavis/instruct.py") + ":size=70b")
+
+
+def test_tiny_vlm_matches_the_tiny_data():
+    model = nnx.eval_shape(lambda: registry.get("model", "vlm")(
+        **{k: v for k, v in recipes.tiny_vlm().to_dict().items() if k != "name"}, rngs=nnx.Rngs(0)))
+    assert model.config.tokens_per_image == recipes.TINY_IMAGE_TOKENS
+    assert model.config.vision.image_size == recipes.TINY_IMAGE_SIZE
+    assert model.config.decoder.vocab_size == recipes.ENGINE_VOCAB
+    # CLIP-Math's tiny image tower is the VLM's (so stage 1 loads into stage 2).
+    clip = mc.load(os.path.join(ROOT, "configs/mavis/clip_math.py") + ":size=tiny")
+    for key, value in clip.model.vision.items():
+        assert getattr(model.config.vision, key) == value
