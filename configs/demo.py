@@ -32,14 +32,14 @@ def get_config(arg=None):
     config.job = "chain"
     config.config_dir = HERE
     config.stages = (
-        {"name": "clip_math", "config": f"mavis/clip_math.py:size=tiny,steps={steps(200)}"},
-        {"name": "text_math", "config": f"math_puma/text_sft.py:size=tiny-vlm,steps={steps(400)}",
+        {"name": "clip_math", "config": f"mavis/clip_math.py:size=tiny,steps={steps(150)}"},
+        {"name": "text_math", "config": f"math_puma/text_sft.py:size=tiny-vlm,steps={steps(200)}",
          "init_from": "clip_math"},
-        {"name": "align", "config": f"mavis/align.py:size=tiny,steps={steps(300)}",
+        {"name": "align", "config": f"mavis/align.py:size=tiny,steps={steps(150)}",
          "init_from": "text_math", "params": ""},
-        {"name": "instruct", "config": f"mavis/instruct.py:size=tiny,steps={steps(600)},{evals}",
+        {"name": "instruct", "config": f"mavis/instruct.py:size=tiny,steps={steps(300)},{evals}",
          "init_from": "align"},
-        {"name": "puma_kl", "config": f"math_puma/kl_align.py:size=tiny,steps={steps(200)},{evals}",
+        {"name": "puma_kl", "config": f"math_puma/kl_align.py:size=tiny,steps={steps(100)},{evals}",
          "init_from": "instruct"},
     )
     return mc.finalize(config)

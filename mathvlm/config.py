@@ -115,7 +115,8 @@ def defaults() -> ConfigDict:
         "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "clip_norm": 1.0,
         "accum_steps": 1,
     })
-    c.checkpoint = ConfigDict({"every_steps": 0, "keep": 2})
+    # min_free_bytes: extra free space the workdir must have beyond the checkpoints themselves.
+    c.checkpoint = ConfigDict({"every_steps": 0, "keep": 2, "min_free_bytes": 0})
     c.eval = ConfigDict({"every_steps": 0, "evaluators": (), "max_new_tokens": 32})
     return c
 

@@ -11,6 +11,11 @@ One source, ``engine_vlm``, three tasks (``data.task``), each a stage of the pap
 * ``pairs`` — Math-PUMA stage 2: the text-rich (``strong_``) and vision-rich (``weak_``) member of each
   problem, same answer, same CoT (see :func:`mathvlm.data.sources.join_members`).
 
+Rows come from the on-the-fly engine or, with ``data.path``, from a dataset the engine's TFDS builder
+wrote (``python -m mathvlm.data.engine build --kind ... --out DIR``; ``data.path`` is the builder's
+version folder, e.g. ``DIR/math_engine_instruct/1.0.0``), read by random access from its ArrayRecord
+files. Built instruct records keep the version drawn at build time.
+
 The user turn is the same text the held-out evaluator asks (:mod:`mathvlm.data.engine_prompts`), so
 training and evaluation prompts cannot drift apart. The source exposes ``levels`` (complexity
 0–3 per index) for ``data.complexity_ratio``.
@@ -65,7 +70,7 @@ class EngineVLMSource:
     """Tokenised engine rows (see module docstring). Config keys besides the pipeline's (``seq_len``,
     ``template``, ``image_size``, ``image_preprocess``, ``num_image_tokens``): ``task``, ``version``,
     ``multiple_choice`` (0–1), ``families``, ``split`` (train/heldout), ``num_examples``,
-    ``render_size`` (engine canvas in px before preprocessing; default 224)."""
+    ``render_size`` (engine canvas in px before preprocessing; default 224), ``path`` (a built dataset)."""
 
     def __init__(self, data_config, *, seed: int, tokenizer):
         get = data_config.get
@@ -83,11 +88,15 @@ class EngineVLMSource:
                          "num_examples": get("num_examples", 1_000_000),
                          "image_size": get("render_size", 224)}
         self.engine = core.EngineSource(type(data_config)(engine_config), seed=seed)
+        self.built = BuiltRecords(get("path"), get("split", "train")) if get("path", None) else None
         self.build = RowBuilder(data_config, tokenizer, default_template="plain")
         self._levels = None
 
     def __len__(self) -> int:
-        return len(self.engine)
+        return len(self.built) if self.built is not None else len(self.engine)
+
+    def _record(self, index: int) -> dict:
+        return self.built[index] if self.built is not None else self.engine[index]
 
     @property
     def levels(self) -> np.ndarray:
@@ -96,20 +105,23 @@ class EngineVLMSource:
                 raise ValueError(f"data.complexity_ratio on engine_vlm scans every problem for its level; "
                                  f"set data.num_examples ≤ {MAX_LEVEL_SCAN} (now {len(self)})")
             e = self.engine
-            self._levels = np.asarray([core.make_problem(e.seed, i, e.families)["complexity"]
-                                       for i in range(len(self))], np.int32)
+            if self.built is not None:
+                self._levels = np.asarray([self.built[i]["complexity"] for i in range(len(self))], np.int32)
+            else:
+                self._levels = np.asarray([core.make_problem(e.seed, i, e.families)["complexity"]
+                                           for i in range(len(self))], np.int32)
         return self._levels
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         if self.task == "caption":
-            record = self.engine[index]
+            record = self._record(index)
             row = self.build({"id": record["id"], "images": [record["image"]], "conversation": [
                 {"role": "user", "content": engine_prompts.IMAGE_MARK},
                 {"role": "assistant", "content": record["caption"]}]})
             return row | {"level": np.int32(record["complexity"])}
         if self.task == "pairs":
-            record = self.engine[index]
+            record = self._record(index)
             _, mc = instruct_form(self.engine.seed, index, self.versions, self.multiple_choice)
             members = {side: self.build({
                 "id": f"{record['id']}/{side}", "images": [record[side + "_image"]],
@@ -118,12 +130,39 @@ class EngineVLMSource:
             return join_members(members) | {"level": np.int32(record["complexity"])}
         e = self.engine
         version, mc = instruct_form(e.seed, index, self.versions, self.multiple_choice)
-        record = core.make_record(e.seed, index, kind="instruct", version=version,
-                                  image_size=e.image_size, families=e.families)
+        if self.built is not None:
+            record = self.built[index]
+        else:
+            record = core.make_record(e.seed, index, kind="instruct", version=version,
+                                      image_size=e.image_size, families=e.families)
         image = engine_prompts.engine_image(record, mc)
         row = self.build({"id": record["id"], "images": [] if image is None else [image],
                           "conversation": engine_prompts.engine_conversation(record, mc)})
         return row | {"level": np.int32(record["complexity"])}
+
+
+class BuiltRecords:
+    """Random access to a dataset the engine's TFDS builder wrote (ArrayRecord, no TensorFlow needed):
+    records as the on-the-fly engine makes them (text as str, images as uint8 arrays)."""
+
+    def __init__(self, path: str, split: str):
+        import os
+
+        import tensorflow_datasets as tfds
+
+        if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+            raise FileNotFoundError(f"data.path={path!r} is not a built engine dataset (no dataset_info.json); "
+                                    "give the builder's version folder, e.g. DIR/math_engine_instruct/1.0.0")
+        self.path = path
+        self.source = tfds.builder_from_directory(path).as_data_source(split=split)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        raw = self.source[int(index)]
+        return {k: v.decode("utf-8") if isinstance(v, bytes) else np.asarray(v) if hasattr(v, "shape") else v
+                for k, v in raw.items()}
 
 
 def heldout_seed(seed: int) -> int:

@@ -44,13 +44,15 @@ def stage_config(stage: dict, workdir: str, base_dir: str):
     return config
 
 
-def _final_metrics(stage_dir: str) -> dict:
-    """The last value of every metric a finished stage logged."""
-    out = {}
+def _final_metrics(stage_dir: str) -> tuple[dict, list[tuple[int, float]]]:
+    """The last value of every metric a finished stage logged, and its (step, loss) curve."""
+    out, curve = {}, []
     if os.path.exists(os.path.join(stage_dir, "metrics.jsonl")):
         for row in read_metrics(stage_dir):
             out.update(row)
-    return out
+            if "loss" in row:
+                curve.append((int(row["step"]), float(row["loss"])))
+    return out, curve
 
 
 @registry.register("job", "chain")
@@ -63,7 +65,7 @@ def chain(config, *, workdir: str, mesh):
         if source and source not in names[:i]:
             raise mc.ConfigError(f"stage {stage['name']!r}: init_from={source!r} is not an earlier stage "
                                  f"(earlier: {names[:i]})")
-    results, timings = {}, {}
+    results, timings, histories = {}, {}, {}
     for stage in config.stages:
         stage_dir = os.path.join(workdir, stage["name"])
         os.makedirs(stage_dir, exist_ok=True)
@@ -74,8 +76,8 @@ def chain(config, *, workdir: str, mesh):
         stage_mesh = sharding.make_mesh(cfg.mesh)
         registry.get("job", cfg.job)(cfg, workdir=stage_dir, mesh=stage_mesh)
         timings[stage["name"]] = time.perf_counter() - start
-        results[stage["name"]] = _final_metrics(stage_dir)
-    path = write_chain_summary(workdir, config.name, results, timings)
+        results[stage["name"]], histories[stage["name"]] = _final_metrics(stage_dir)
+    path = write_chain_summary(workdir, config.name, results, timings, histories)
     print(f"chain summary: {path}", flush=True)
     return results
 
@@ -90,7 +92,8 @@ def by_version(results: dict[str, dict]) -> dict[str, dict[str, float]]:
     return table
 
 
-def write_chain_summary(workdir: str, title: str, results: dict, timings: dict) -> str:
+def write_chain_summary(workdir: str, title: str, results: dict, timings: dict,
+                        histories: dict | None = None) -> str:
     lines = [f"# {title}", "", "| stage | time (s) | final loss | key metrics |", "|---|---|---|---|"]
     for stage, metrics in results.items():
         keys = [k for k in sorted(metrics) if k.endswith("accuracy") or k.endswith("/i2t_accuracy")]
@@ -109,6 +112,9 @@ def write_chain_summary(workdir: str, title: str, results: dict, timings: dict) 
         plot = _plot_by_version(workdir, table, versions)
         if plot:
             lines += ["", f"![accuracy by version]({os.path.basename(plot)})"]
+    curves = _plot_losses(workdir, histories or {})
+    if curves:
+        lines += ["", f"![loss per stage]({os.path.basename(curves)})"]
     path = os.path.join(workdir, "summary.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -117,14 +123,42 @@ def write_chain_summary(workdir: str, title: str, results: dict, timings: dict) 
     return path
 
 
-def _plot_by_version(workdir: str, table: dict, versions: list[str]) -> str | None:
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:  # plots are a convenience; the table above holds the numbers
-        logging.warning("matplotlib missing: no by_version.png")
+    except ImportError:  # plots are a convenience; the tables hold the numbers
+        logging.warning("matplotlib missing: no plots in the chain summary")
+        return None
+    return plt
+
+
+def _plot_losses(workdir: str, histories: dict) -> str | None:
+    """Each stage's loss curve, one panel per stage (their losses are not on one scale)."""
+    plt = _pyplot()
+    stages = [name for name, curve in histories.items() if curve]
+    if plt is None or not stages:
+        return None
+    fig, axes = plt.subplots(1, len(stages), figsize=(2.6 * len(stages), 2.4), squeeze=False)
+    for ax, name in zip(axes[0], stages):
+        steps, losses = zip(*histories[name])
+        ax.plot(steps, losses, marker=".", markersize=3)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("loss", fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(workdir, "loss_by_stage.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _plot_by_version(workdir: str, table: dict, versions: list[str]) -> str | None:
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(1.2 * len(versions) + 2, 3.2))
     width = 0.8 / max(len(table), 1)

@@ -226,12 +226,15 @@ def train(config, *, workdir: str, mesh):
     batches = pipeline.make_iterator(config.data, seed=config.seed, process_index=jax.process_index(),
                                      process_count=jax.process_count())
     ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
+    # A full disk is reported now, not as a failed save hours in (min_free_bytes: optional headroom).
+    ckpt.check_space(trainer.state, config.checkpoint.get("min_free_bytes", 0))
     start = ckpt.latest_step() or 0
     if start:
         trainer.state, _ = ckpt.restore(start, trainer.state, batches)
         logging.warning("resumed from step %d of %s", start, ckpt.directory)
     total, every = config.train.steps, config.checkpoint.every_steps
-    evaluators, eval_every = make_evaluators(config), config.eval.every_steps
+    tables_dir = workdir if jax.process_index() == 0 else None  # evaluators' tables: one writer
+    evaluators, eval_every = make_evaluators(config, tables_dir), config.eval.every_steps
     max_nonfinite = config.train.get("max_nonfinite", 5)
     writer = MetricWriter(workdir, total, initial_step=start, enabled=jax.process_index() == 0)
     last, window_start, window_tokens, nonfinite, skipped = {}, time.perf_counter(), 0, 0, 0

@@ -1,5 +1,9 @@
 """Metric sinks of a run: ``metrics.jsonl`` (one JSON object per logged step), TensorBoard events,
-and a tqdm bar with ETA on the console. Only process 0 writes."""
+and a tqdm bar with ETA on the console. Only process 0 writes.
+
+On resume ``metrics.jsonl`` is cut back to the restored step, so it stays one clean history: a run
+killed after its last checkpoint had logged steps that the resumed run logs again (with the same
+values, the resume being exact). TensorBoard keeps both copies (it plots the newest)."""
 
 from __future__ import annotations
 
@@ -9,10 +13,14 @@ import os
 from typing import Mapping
 
 import numpy as np
+from absl import logging
 
 
 class MetricWriter:
-    """``write(step, metrics)`` appends to ``metrics.jsonl`` and TensorBoard; ``bar`` shows progress."""
+    """``write(step, metrics)`` appends to ``metrics.jsonl`` and TensorBoard; ``bar`` shows progress.
+
+    ``initial_step`` is the step the run starts (or resumes) from: records of later steps already in
+    ``metrics.jsonl`` are dropped (see :func:`truncate_metrics`)."""
 
     def __init__(self, workdir: str, total_steps: int, initial_step: int = 0, enabled: bool = True,
                  desc: str = "train"):
@@ -24,6 +32,7 @@ class MetricWriter:
         from tensorboardX import SummaryWriter
         from tqdm.auto import tqdm
 
+        truncate_metrics(self.path, initial_step)
         self._jsonl = open(self.path, "a")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         self.bar = tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True,
@@ -57,6 +66,42 @@ class MetricWriter:
         self.bar.close()
         self._tb.close()
         self._jsonl.close()
+
+
+def truncate_metrics(path: str, last_step: int) -> int:
+    """Drop the records of ``path`` logged after ``last_step`` (and a torn last line of a killed
+    writer); returns how many were dropped. The file is replaced atomically, so a crash here leaves
+    either the old or the new history, never half of one."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    kept, dropped = [], 0
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            # A kill -9 mid-write leaves a torn last line; anything else unreadable is reported.
+            if line_no != len(lines) or line.endswith("\n"):
+                logging.warning("%s: line %d is not a metrics record; dropped on resume", path, line_no)
+            dropped += 1
+            continue
+        if step <= last_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+        else:
+            dropped += 1
+    # A record cut before its newline must not have the next record glued onto it: rewrite then too.
+    if dropped or (lines and not lines[-1].endswith("\n")):
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    if dropped:
+        logging.warning("%s: dropped %d records after step %d (logged before the run was interrupted; "
+                        "the resumed run logs those steps again)", path, dropped, last_step)
+    return dropped
 
 
 def read_metrics(workdir: str) -> list[dict]:

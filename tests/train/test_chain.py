@@ -47,7 +47,7 @@ def test_demo_chain(tmp_path):
     for name in ("instruct", "puma_kl"):
         versions = {k for k in table[name] if k.startswith("engine/version/")}
         assert len(versions) == 6, (name, sorted(table[name]))
-    assert (tmp_path / "by_version.png").exists()
+    assert (tmp_path / "by_version.png").exists() and (tmp_path / "loss_by_stage.png").exists()
 
     # Alignment trains projector and LLM only: its image tower is CLIP-Math's, bit for bit, and its
     # LLM starts from (and moved away from) the text stage's.
