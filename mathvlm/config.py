@@ -117,7 +117,8 @@ def defaults() -> ConfigDict:
     })
     # min_free_bytes: extra free space the workdir must have beyond the checkpoints themselves.
     c.checkpoint = ConfigDict({"every_steps": 0, "keep": 2, "min_free_bytes": 0})
-    c.eval = ConfigDict({"every_steps": 0, "evaluators": (), "max_new_tokens": 32})
+    # at_start: also evaluate before the first step (the untrained baseline, logged at step 0).
+    c.eval = ConfigDict({"every_steps": 0, "evaluators": (), "max_new_tokens": 32, "at_start": False})
     return c
 
 

@@ -62,6 +62,13 @@ def engine_eval(versions=("text_dominant", "text_lite", "vision_intensive", "vis
             "families": tuple(families), "image_size": 224, "multiple_choice": True}
 
 
+def engine_blind_eval(versions=("vision_dominant",), num_examples: int = 48,
+                      families=("analytic_geometry", "function")) -> dict:
+    """The held-out evaluator with every picture replaced by zeros (metrics ``engine_blind/...``): the
+    gap to :func:`engine_eval` on the same versions is what the model reads from the image."""
+    return {**engine_eval(versions, num_examples, families), "label": "engine_blind", "blind": True}
+
+
 def real_vlm(hf: str, *, lora_rank: int = 0) -> ConfigDict:
     """A real-size VLM loaded from a local LLaVA-format transformers folder, bf16 compute over f32
     master weights, layers scanned and rematerialised (compile time and memory at 7B/13B)."""
@@ -94,7 +101,8 @@ def tiny_vlm_stage(config, task: str, *, steps: int, lr: float, seq_len: int, ba
     config.train.steps = steps
     config.optim.update({"lr": lr, "warmup_steps": max(1, min(20, steps // 10)), "weight_decay": 0.01})
     if eval_examples:
-        config.eval.evaluators = (engine_eval(num_examples=eval_examples),)
+        config.eval.evaluators = (engine_eval(num_examples=eval_examples),
+                                  engine_blind_eval(num_examples=eval_examples))
         config.eval.max_new_tokens = 160  # the chain of thought and its answer line
 
 

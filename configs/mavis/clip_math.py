@@ -46,5 +46,8 @@ def get_config(arg=None):
         config.train.steps = arg.steps or 367_500     # 10 epochs of 588K captions at batch 16
         config.optim.update({"lr": 2e-6, "warmup_steps": 1000, "weight_decay": 0.0})
         config.checkpoint.every_steps = 5000
+    # Held-out diagram → caption retrieval among 100 pairs, before training (step 0) and at the end.
+    config.eval.evaluators = ({"name": "engine_retrieval", "num_examples": 100},)
+    config.eval.at_start = True
     config.train.log_every = 10
     return mc.finalize(config)

@@ -16,4 +16,4 @@ Image, pair (``strong_*`` / ``weak_*``) and preference (``chosen_*`` / ``rejecte
 table; each source documents the keys it adds.
 """
 
-from mathvlm.data import engine, engine_rows, pipeline, text, text_math  # noqa: F401  (registers sources)
+from mathvlm.data import engine, engine_labels, engine_rows, pipeline, text, text_math  # noqa: F401  (registers sources)

@@ -37,7 +37,7 @@ Pair members use the data pipeline's flat prefixes (``strong_`` / ``weak_``, ``c
 in token count to the shorter count and reports ``puma_kl/mismatched_pairs``.
 """
 
-from mathvlm.losses import contrastive, dpo, next_token, puma  # noqa: F401  (registers the terms)
+from mathvlm.losses import classification, contrastive, dpo, next_token, puma  # noqa: F401  (registers the terms)
 from mathvlm.losses.composite import make_loss
 from mathvlm.losses.contrastive import clip_loss, l2_normalize, retrieval_accuracy, siglip_loss
 from mathvlm.losses.dpo import dpo_loss, sequence_logps

@@ -23,6 +23,7 @@ from mathvlm import registry, sharding
 from mathvlm.train.metrics import read_metrics
 
 VERSION_PREFIX = "engine/version/"
+BLIND_PREFIX = "engine_blind/version/"
 
 
 def resolve_spec(spec: str, base_dir: str) -> str:
@@ -83,12 +84,14 @@ def chain(config, *, workdir: str, mesh):
 
 
 def by_version(results: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """``{stage: {version: accuracy}}`` for stages that ran the engine held-out evaluator."""
+    """``{stage: {version: accuracy}}`` for stages that ran the engine held-out evaluator, plus
+    ``{"<stage> (blind)": ...}`` rows where it also ran with zeroed images."""
     table = {}
     for stage, metrics in results.items():
-        row = {k[len(VERSION_PREFIX):]: v for k, v in metrics.items() if k.startswith(VERSION_PREFIX)}
-        if row:
-            table[stage] = row
+        for prefix, label in ((VERSION_PREFIX, stage), (BLIND_PREFIX, f"{stage} (blind)")):
+            row = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+            if row:
+                table[label] = row
     return table
 
 

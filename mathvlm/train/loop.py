@@ -203,12 +203,16 @@ def make_evaluators(config, workdir: str | None = None):
             raise ValueError(f"config.eval.evaluators entry {spec} has no 'name'; registered evaluators: "
                              f"{registry.names('evaluator')}")
         cls = registry.get("evaluator", spec["name"])
-        options = {k: v for k, v in spec.items() if k != "name"}
+        options = {k: v for k, v in spec.items() if k not in ("name", "label")}
+        if "label" in spec:  # the metric prefix, so one evaluator can run twice (e.g. blind)
+            options["name"] = spec["label"]
         accepted = inspect.signature(cls).parameters
         if "batch_size" in accepted:
             options.setdefault("batch_size", predictor.batch_size)
         if workdir and "workdir" in accepted:
             options.setdefault("workdir", workdir)
+        if "data_config" in accepted:  # evaluators that build rows exactly as training does
+            options.setdefault("data_config", config.data)
         evaluators.append(cls(predictor, **options))
     return evaluators
 
@@ -242,6 +246,8 @@ def train(config, *, workdir: str, mesh):
     data_stats = DataStats(SKIP_REASONS)
     max_bad_fraction = config.data.get("max_bad_fraction", 0.1)
     step = start
+    if evaluators and not start and config.eval.get("at_start", False):
+        last = writer.write(0, evaluate(evaluators, trainer.model))  # the untrained baseline
     try:
         with _Preemption() as preemption:
             while step < total:

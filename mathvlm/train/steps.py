@@ -96,3 +96,10 @@ def preference_step(model, optimizer, batch, *, loss_fn, trainable, reference=No
 
 
 preference_step.needs_reference = True
+
+
+@registry.register("step", "classifier")
+def classifier_step(model, optimizer, batch, *, loss_fn, trainable, reference=None):
+    """Image classification (Math-LLaVA's complexity and clarity classifiers): ``model(images)`` gives
+    ``logits`` [B, classes], scored against ``batch["label"]`` by the ``classification`` loss."""
+    return _update(model, optimizer, lambda m: loss_fn({"logits": m(batch["images"])}, batch), trainable)

@@ -1,0 +1,50 @@
+"""Math-LLaVA's complexity-ratio ablation (its Table 8; seeds-digest §2.4): the same fine-tune with data
+drawn in different mixes of complexity levels 0:1:2:3 — 2:3:4:1 (the paper's choice, MathVista 38.2),
+3:3:3:1 (36.0), 4:3:2:1 (36.4), 2:4:3:1 (35.1) — plus the uniform 1:1:1:1.
+
+    python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py --print     # launch commands
+    python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py --run       # one after another
+    python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py:mixes=2:3:4:1/1:1:1:1 --run --steps 50
+
+The config is the base recipe (``configs/math_llava/finetune.py``, so ``python -m mathvlm.main`` with this
+file trains the first mix) plus a ``sweep`` group that :mod:`mathvlm.sweep` expands: one run per value of
+``sweep.axis`` (the base recipe's arg ``ratio``), each in ``<sweep.workdir>/<name>``. Mixes are separated
+by ``/`` in the arg (``,`` separates args).
+"""
+
+import os
+
+from ml_collections import ConfigDict
+
+from mathvlm import config as mc
+
+SIZES = ("tiny", "13b")
+TABLE8_MIXES = ("2:3:4:1", "3:3:3:1", "4:3:2:1", "2:4:3:1", "1:1:1:1")
+# The base recipe, relative to the repository root (this file is configs/ablations/<name>.py).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BASE = "configs/math_llava/finetune.py"
+
+
+def get_config(arg=None):
+    arg = mc.parse_arg(arg, size="tiny", mixes="/".join(TABLE8_MIXES), eval_examples=48, hf="",
+                       workdir="")
+    mixes = tuple(m.strip() for m in arg.mixes.split("/") if m.strip())
+    if not mixes:
+        raise mc.ConfigError(f"mixes={arg.mixes!r}: give mixes like 2:3:4:1/1:1:1:1")
+    base_arg = f"size={arg.size}"
+    if arg.size == "tiny":
+        base_arg += f",eval_examples={arg.eval_examples}"
+    else:
+        base_arg += f",hf={arg.hf}"  # engine data drawn in each mix (a data= file has no mix to vary)
+    base = f"{BASE}:{base_arg}"
+    config = mc.load(os.path.join(ROOT, base) + f",ratio={mixes[0]}")
+    with config.unlocked():
+        config.name = f"ablations/complexity_ratio ({arg.size}; {len(mixes)} mixes)"
+        config.sweep = ConfigDict({
+            "base": base,              # recipe spec, relative to the repository root
+            "axis": "ratio",           # the base recipe's arg the grid varies
+            "values": mixes,
+            "workdir": arg.workdir or f"runs/ablations/complexity_ratio_{arg.size}",
+            "overrides": (),           # "key=value" strings: --config.key=value on every run
+        })
+    return mc.finalize(config)
