@@ -1,12 +1,19 @@
 """Ahead-of-time compile a recipe's train step for a TPU topology on this (CPU) host, and report
-whether it fits: per-device memory, FLOPs and compile time. Needs libtpu, so run it from the separate
-TPU environment (``python3 -m venv .venv-tpu && .venv-tpu/bin/pip install -r requirements-tpu.txt``):
+whether it fits: per-chip memory against the chip's HBM, FLOPs and compile time. Needs libtpu, so run
+it from the separate TPU environment (``python3 -m venv .venv-tpu && .venv-tpu/bin/pip install -r
+requirements-tpu.txt``):
 
     .venv-tpu/bin/python launch/aot_compile.py --config configs/math_puma/text_sft.py:size=tiny \\
         --topology v5e:2x2 --preset qwen2-7b --batch 16 --seq 2048
+    .venv-tpu/bin/python launch/aot_compile.py --config configs/mavis/instruct.py:size=7b \\
+        --topology v5litepod-16 --vlm clip-vit-l-14-336:mistral-7b --set mesh.data=1 --set mesh.fsdp=-1
 
-``--preset`` swaps the recipe's model for a decoder preset of the same shapes (real-size recipes load
-weights from local folders, which AOT compilation does not need). The last line is one JSON object.
+``--topology`` takes Cloud TPU names (``v5p-128``, ``v5litepod-16``) and JAX names (``v5e:2x2``).
+Real-size recipes load weights from local transformers folders, which AOT compilation does not need:
+``--preset`` swaps the recipe's model for a decoder preset of the same shapes, ``--vlm VISION:DECODER``
+for a VLM built from presets the way the LLaVA-format loader builds it (the recipe's LoRA, trainable
+parameters, step kind, image size and image-token count are kept). ``--batch`` / ``--seq`` default to
+the recipe's. The last line printed is one JSON object; the exit code is 3 when the step does not fit.
 """
 
 from __future__ import annotations
@@ -14,18 +21,108 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+# Appended, not prepended: launch/multiprocess.py must not shadow the PyPI package of that name.
+if HERE not in sys.path:
+    sys.path.append(HERE)
+
+import tpu_topology  # launch/ is not a package: scripts import their neighbours
+
+# The members of one row per step kind: each is a forward pass over its own tokens (and image).
+STEP_MEMBERS = {"next_token": ("",), "pair": ("strong_", "weak_"), "preference": ("chosen_", "rejected_")}
+# Placeholder for a real-size recipe's required hf= folder: AOT reads neither weights nor tokenizer.
+NO_WEIGHTS = "/aot-compile/no-weights"
+DOES_NOT_FIT = 3
+
+
+def load_config(spec: str, swap_model: bool):
+    """The recipe's config; a real size that insists on ``hf=`` gets a placeholder when the model is
+    swapped for presets anyway (nothing reads it: no weights, no data pipeline)."""
+    from mathvlm import config as mc
+
+    try:
+        return mc.load(spec)
+    except mc.ConfigError as e:
+        if not (swap_model and "hf=" in str(e)):
+            raise
+    path, arg = mc.split_spec(spec)
+    return mc.load(f"{path}:{arg + ',' if arg else ''}hf={NO_WEIGHTS}")
+
+
+def vlm_model(spec: str, config, projector: str):
+    """``config.model`` for ``--vlm VISION:DECODER``: the VLM the LLaVA-format loader would build
+    (LLaVA-1.5 projector, feature layer −2, class / first token dropped), with the recipe's decoder
+    options (bf16 compute, f32 master weights, scan, remat) on the decoder only, as the loader applies
+    them; checked against the recipe's image size and image-token count."""
+    from mathvlm import config as mc
+    from mathvlm.models.decoder import DECODER_PRESETS, DecoderConfig
+    from mathvlm.models.vit import VIT_PRESETS, ViTConfig
+    from mathvlm.models.vlm import VLMConfig
+
+    vision, sep, decoder = spec.partition(":")
+    if not sep or vision not in VIT_PRESETS or decoder not in DECODER_PRESETS:
+        raise SystemExit(f"--vlm {spec!r}: give VISION:DECODER presets; vision presets: "
+                         f"{', '.join(VIT_PRESETS)}; decoder presets: {', '.join(DECODER_PRESETS)}")
+    options = {k: v for k, v in config.model.to_dict().items()
+               if k in ("dtype", "param_dtype", "scan_layers", "remat")}
+    vocab = DECODER_PRESETS[decoder]["vocab_size"]
+    # The placeholder id only has to be a non-text id: the first one past the vocabulary, as LLaVA-HF.
+    fields = {"projector": projector, "feature_layer": -2, "feature_strategy": "drop_first",
+              "image_token_id": vocab}
+    shapes = VLMConfig(vision=ViTConfig(**VIT_PRESETS[vision]),
+                       decoder=DecoderConfig(**DECODER_PRESETS[decoder]), **fields)
+    data = config.data
+    patch, size = shapes.vision.patch_size, shapes.vision.image_size
+    # Same patch grid is what matters (a 378-px image gives SigLIP-384/14 its 27×27 patches).
+    if data.get("image_size", size) // patch != size // patch:
+        raise SystemExit(f"--vlm {spec}: the recipe's data.image_size={data.image_size} but {vision} "
+                         f"takes {size}-px images")
+    if data.get("num_image_tokens", shapes.tokens_per_image) != shapes.tokens_per_image:
+        raise SystemExit(f"--vlm {spec}: the recipe's data.num_image_tokens={data.num_image_tokens} but "
+                         f"{vision} gives {shapes.tokens_per_image} tokens per image")
+    return mc.ConfigDict({"name": "vlm", "vision_preset": vision, "decoder_preset": decoder,
+                          "decoder": options, **fields})
+
+
+def batch_structs(config, mesh, batch: int, seq: int) -> tuple[dict, int]:
+    """Abstract global batch of the recipe's step kind (``ShapeDtypeStruct`` with the batch sharding of
+    the trainer), and the number of forward passes per row."""
+    import jax
+    import jax.numpy as jnp
+
+    from mathvlm import sharding
+
+    members = STEP_MEMBERS.get(config.train.step)
+    if members is None:
+        raise SystemExit(f"train.step={config.train.step!r}: AOT compiles the token steps "
+                         f"{', '.join(STEP_MEMBERS)}")
+    rules = config.sharding.rules
+
+    def struct(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, rules, len(shape)))
+
+    out = {}
+    for prefix in members:
+        for key in ("tokens", "targets", "attention_mask"):
+            out[prefix + key] = struct((batch, seq), jnp.int32)
+        out[prefix + "loss_mask"] = struct((batch, seq), jnp.float32)
+        if config.model.name == "vlm":
+            size = config.data.get("image_size", 0) or config.model.get("vision", {}).get("image_size")
+            out[prefix + "images"] = struct((batch, size, size, 3), jnp.float32)
+            out[prefix + "image_mask"] = struct((batch,), jnp.bool_)
+    return out, len(members)
 
 
 def compile_train_step(config, devices, batch: int, seq: int) -> dict:
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
-    from mathvlm import sharding
+    from mathvlm import registry, sharding
     from mathvlm.train import optim
     from mathvlm.train.loop import make_model_and_optimizer, make_train_step
 
@@ -41,69 +138,165 @@ def compile_train_step(config, devices, batch: int, seq: int) -> dict:
     shardings = sharding.state_shardings(abstract_state, mesh, rules)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                          abstract_state, shardings)
-    rows = sharding.batch_sharding(mesh, rules, 2)
-    tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32, sharding=rows)
-    batch_struct = {"tokens": tokens, "targets": tokens, "attention_mask": tokens,
-                    "loss_mask": jax.ShapeDtypeStruct((batch, seq), jnp.float32, sharding=rows)}
+    batch_struct, passes = batch_structs(config, mesh, batch, seq)
+    # DPO's frozen reference is a second copy of the model's state, placed like it.
+    needs_reference = getattr(registry.get("step", config.train.step), "needs_reference", False)
+    reference = state[0] if needs_reference else None
     step = make_train_step(config, graphdef, model_graphdef, trainable)
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract[0], nnx.Param)))
+    trainable_params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract[0], trainable)))
+    report = sharding.replicated_report(state[0])
+    result = {
+        "devices": len(devices), "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape),
+        "rules": rules, "step": config.train.step, "params": int(params),
+        "trainable_params": int(trainable_params), "batch": batch, "seq": seq,
+        "param_gib_per_device": report.bytes_per_device / 2**30,
+        "replicated_fraction": report.replicated_fraction,
+        # The 6·N·D rule over every forward pass's tokens: the usual MFU yardstick, not XLA's count.
+        "tflops_6nd_per_device_step": 6 * params * batch * seq * passes / len(devices) / 1e12,
+    }
     start = time.perf_counter()
-    with jax.set_mesh(mesh):
-        compiled = jax.jit(step, out_shardings=(shardings, None), donate_argnums=0).lower(
-            state, batch_struct, None).compile()
+    try:
+        with jax.set_mesh(mesh):
+            compiled = jax.jit(step, out_shardings=(shardings, None), donate_argnums=0).lower(
+                state, batch_struct, reference).compile()
+    except Exception as e:  # XLA reports HBM exhaustion as a compile error (XlaRuntimeError)
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
+            raise
+        result.update(compile_s=round(time.perf_counter() - start, 2), fits=False,
+                      **out_of_memory_details(text, state))
+        return result
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    params = sum(x.size for x in jax.tree.leaves(abstract_state[0]))
-    report = sharding.replicated_report(state[0])
-    return {
-        "devices": len(devices), "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape),
-        "rules": rules, "params": int(params), "batch": batch, "seq": seq,
-        "compile_s": round(seconds, 2),
-        "argument_gib": memory.argument_size_in_bytes / 2**30,
-        "temp_gib": memory.temp_size_in_bytes / 2**30,
-        "peak_gib": getattr(memory, "peak_memory_in_bytes", 0) / 2**30,
-        "param_gib_per_device": report.bytes_per_device / 2**30,
-        "replicated_fraction": report.replicated_fraction,
-        "tflops_per_device_step": float(cost.get("flops", 0.0)) / 1e12,
-    }
+    peak = getattr(memory, "peak_memory_in_bytes", 0) or (
+        memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes)
+    result.update(
+        compile_s=round(seconds, 2), fits=True,
+        argument_gib=memory.argument_size_in_bytes / 2**30,
+        temp_gib=memory.temp_size_in_bytes / 2**30,
+        peak_gib=peak / 2**30,
+        # XLA's count visits a while loop's body once: with scan_layers this is about one layer's
+        # share of the step (plus the unscanned image tower), far below the whole step's FLOPs.
+        tflops_per_device_step=float(cost.get("flops", 0.0)) / 1e12)
+    return result
+
+
+def out_of_memory_details(text: str, state) -> dict:
+    """What XLA's out-of-memory error says (needed and available HBM, the largest allocations when it
+    lists them) and this step's largest per-chip argument buffers (parameters, optimizer moments)."""
+    import math
+
+    import jax
+
+    from mathvlm.sharding import path_name
+
+    scale = {"G": 1, "M": 2**-10, "K": 2**-20, None: 2**-30}
+    details = {"error": "out of HBM", "xla": text.strip().splitlines()[0][:300]}
+    # Two spellings across libtpu versions: "Used 20.5G of 15.75G hbm" and "required for HLO
+    # temporaries (15.86G) exceeds available HBM (15.75G)".
+    used = (re.search(r"Used ([\d.]+)([GMK])? of ([\d.]+)([GMK])? hbm", text)
+            or re.search(r"required for [^(]*\(([\d.]+)([GMK])?\) exceeds available HBM \(([\d.]+)([GMK])?\)",
+                         text))
+    if used:
+        details["needed_gib"] = float(used.group(1)) * scale[used.group(2)]
+        details["hbm_limit_gib"] = float(used.group(3)) * scale[used.group(4)]
+    # When XLA lists its largest allocations ("1. Size: 2.00G" blocks), keep those lines.
+    lines = [line.strip()[:240] for line in text.splitlines()
+             if re.match(r"\s*(\d+\. Size:|Operator:|Shape:|XLA label:|Allocation type:)", line)]
+    shards = []
+    for path, x in jax.tree_util.tree_leaves_with_path(state):
+        shape = x.sharding.shard_shape(x.shape)
+        shards.append((math.prod(shape) * x.dtype.itemsize, path_name(path), shape, x.dtype.name))
+    shards.sort(reverse=True)
+    lines += [f"argument {name} {dtype}{list(shape)}: {nbytes / 2**30:.3f} GiB per chip"
+              for nbytes, name, shape, dtype in shards[:8]]
+    details["largest_buffers"] = lines[:48]
+    return details
 
 
 def main(argv=None) -> None:
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()
-    from jax.experimental import topologies
-
-    from mathvlm import config as mc
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--topology", default="v5e:2x2", help="e.g. v5e:4x4, v6e:16x16, v5:2x2x2")
+    parser.add_argument("--topology", default="v5e:2x2", help=tpu_topology.EXAMPLES)
     parser.add_argument("--preset", default="", help="decoder preset replacing the recipe's model")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--vlm", default="", metavar="VISION:DECODER",
+                        help="VLM from presets replacing the recipe's model, e.g. "
+                             "clip-vit-l-14-336:vicuna-13b")
+    parser.add_argument("--projector", default="mlp2x_gelu", help="with --vlm (LLaVA folders: mlp2x_gelu)")
+    parser.add_argument("--batch", type=int, default=0, help="global batch (default: data.batch_size)")
+    parser.add_argument("--seq", type=int, default=0, help="sequence length (default: data.seq_len)")
+    parser.add_argument("--step-time", type=float, default=0.0,
+                        help="seconds per step: report the MFU it implies on this topology")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set mesh.fsdp=-1 --set sharding.rules=fsdp_tp")
     args = parser.parse_args(argv)
+    if args.preset and args.vlm:
+        parser.error("give --preset (decoder) or --vlm (VLM), not both")
+    try:
+        topology = tpu_topology.parse(args.topology)
+    except tpu_topology.TopologyError as e:
+        parser.error(str(e))
 
-    config = mc.load(args.config)
+    from mathvlm import config as mc
+
+    config = load_config(args.config, swap_model=bool(args.preset or args.vlm))
     config.unlock()
+    options = {k: v for k, v in config.model.to_dict().items()
+               if k in ("dtype", "param_dtype", "scan_layers", "remat")}
     if args.preset:
-        options = {k: v for k, v in config.model.to_dict().items() if k in
-                   ("dtype", "param_dtype", "scan_layers", "remat")}
         config.model = mc.ConfigDict({"name": "decoder_lm", "preset": args.preset, **options})
+    elif args.vlm:
+        config.model = vlm_model(args.vlm, config, args.projector)
+    elif config.model.name == "hf":
+        parser.error(f"{args.config} loads its model from a transformers folder (model 'hf'); give its "
+                     "shapes: --vlm VISION:DECODER (image models) or --preset DECODER")
+    if args.preset or args.vlm:
         config.init.hf = ""
+        config.init.checkpoint = ""
     for item in args.set:
         key, _, value = item.partition("=")
         mc.override(config, key, value)
-    topology = topologies.get_topology_desc(platform="tpu", topology_name=args.topology)
-    result = compile_train_step(config, list(topology.devices), args.batch, args.seq)
-    result.update(topology=args.topology, config=args.config, preset=args.preset or config.model.name)
-    print(f"{args.topology}: {result['devices']} × {result['device_kind']}, {result['params'] / 1e9:.2f}B "
-          f"params, compile {result['compile_s']} s, per device: params {result['param_gib_per_device']:.2f}"
-          f" GiB, arguments {result['argument_gib']:.2f} GiB, temporaries {result['temp_gib']:.2f} GiB")
+    batch = args.batch or config.data.batch_size
+    seq = args.seq or config.data.seq_len
+    if config.model.name == "vlm" and seq <= config.data.get("num_image_tokens", 0):
+        parser.error(f"--seq {seq} leaves no room for text after {config.data.num_image_tokens} image "
+                     "tokens")
+
+    from jax.experimental import topologies
+
+    desc = topologies.get_topology_desc(platform="tpu", topology_name=topology.jax_name)
+    result = compile_train_step(config, list(desc.devices), batch, seq)
+    hbm = topology.generation.hbm_gib
+    result.update(topology=topology.jax_name, cloud_topology=topology.cloud_name, config=args.config,
+                  model=args.vlm or args.preset or config.model.name, hbm_gib=hbm)
+    if result["fits"]:
+        # XLA's own budget can be below the nominal HBM (reserved space): the compile is the judge.
+        result["hbm_fraction"] = result["peak_gib"] / hbm
+        if args.step_time:
+            result["mfu_at_step_time"] = (result["tflops_per_device_step"] / args.step_time
+                                          / topology.generation.peak_bf16_tflops)
+        print(f"{topology.describe()}\n{result['params'] / 1e9:.2f}B params "
+              f"({result['trainable_params'] / 1e9:.3f}B trainable), batch {batch} × {seq}, mesh "
+              f"{result['mesh']}, compile {result['compile_s']} s; per chip: peak {result['peak_gib']:.2f}"
+              f" of {hbm:g} GiB (arguments {result['argument_gib']:.2f}, temporaries "
+              f"{result['temp_gib']:.2f}), {result['tflops_per_device_step']:.1f} TFLOPs/step "
+              f"(6·N·D: {result['tflops_6nd_per_device_step']:.1f})")
+        print(json.dumps(result))
+        return
+    print(f"does not fit: {topology.describe()}; XLA: {result['xla']}\nLargest buffers:\n  "
+          + "\n  ".join(result["largest_buffers"][:20] or ["(XLA listed none)"])
+          + "\nUse a larger topology, a smaller --batch, remat, or more sharding (--set mesh.fsdp=-1, "
+            "--set sharding.rules=fsdp_tp --set mesh.tensor=N).", file=sys.stderr)
     print(json.dumps(result))
+    sys.exit(DOES_NOT_FIT)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from mathvlm import config as mc
-from mathvlm import recipes, registry
+from mathvlm import recipes, registry, sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
@@ -67,3 +67,23 @@ def test_tiny_vlm_matches_the_tiny_data():
     clip = mc.load(os.path.join(ROOT, "configs/mavis/clip_math.py") + ":size=tiny")
     for key, value in clip.model.vision.items():
         assert getattr(model.config.vision, key) == value
+
+
+def test_lora_recipes_train_the_adapters():
+    """``train.trainable="projector,lora"`` (MAVIS) must select the adapters' lora_a / lora_b and
+    nothing of the frozen base kernels."""
+    import jax
+
+    from mathvlm.models.lora import apply_lora
+    from mathvlm.train import optim
+
+    model = registry.get("model", "vlm")(
+        **{k: v for k, v in recipes.tiny_vlm().to_dict().items() if k != "name"}, rngs=nnx.Rngs(0))
+    apply_lora(model, rank=4, alpha=8.0, targets=recipes.DECODER_LORA_TARGETS, rngs=nnx.Rngs(1))
+    for spec in ("projector,lora", mc.load(os.path.join(ROOT, "configs/mavis/dpo.py") + ":size=7b,hf=/x")
+                 .train.trainable):
+        state = nnx.state(model, optim.trainable_filter(spec))
+        paths = [sharding.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)]
+        assert any("lora_a" in p for p in paths) and any("lora_b" in p for p in paths), spec
+        assert not any("/base/" in p for p in paths), spec
+        assert all("lora" in p or p.startswith("projector") for p in paths), spec

@@ -203,7 +203,10 @@ class ViT(nnx.Module):
         c = self.config
         b, H, W, C = images.shape
         p = c.patch_size
-        x = images.astype(c.compute_dtype).reshape(b, H // p, p, W // p, p, C)
+        # A stride-p convolution ignores the last H % p rows and W % p columns (SigLIP-so400m: 384 px,
+        # patch 14 → a 27×27 grid over the first 378 px); crop them the same way.
+        H, W = H // p * p, W // p * p
+        x = images[:, :H, :W].astype(c.compute_dtype).reshape(b, H // p, p, W // p, p, C)
         x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (H // p) * (W // p), p, p, C)
         # A stride-p conv with a p×p kernel is a matmul over each patch's (kh, kw, c) pixels.
         h = jnp.einsum("bnijc,ijce->bne", x, self.patch_kernel[...].astype(x.dtype),

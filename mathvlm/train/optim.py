@@ -40,9 +40,16 @@ def make_optimizer(optim_config, total_steps: int) -> optax.GradientTransformati
 
 
 def trainable_filter(spec: str):
-    """``"all"`` → every ``nnx.Param``; ``"projector,lora"`` → Params whose path contains any of the
-    named modules (so frozen parameters get neither gradients nor optimizer state)."""
+    """``"all"`` → every ``nnx.Param``; ``"projector,lora"`` → Params with a path part equal to one of
+    the names or starting with it and ``_`` (``lora`` covers the adapters' ``lora_a`` / ``lora_b``), so
+    frozen parameters get neither gradients nor optimizer state."""
     if spec in ("all", ""):
         return nnx.Param
-    names = [name.strip() for name in spec.split(",") if name.strip()]
-    return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(name) for name in names)))
+    names = tuple(name.strip() for name in spec.split(",") if name.strip())
+
+    def named(path, value) -> bool:
+        del value
+        return any(str(part) == name or str(part).startswith(name + "_")
+                   for part in path for name in names)
+
+    return nnx.All(nnx.Param, named)

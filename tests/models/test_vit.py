@@ -68,3 +68,15 @@ def test_bf16_compute_stays_close():
     a, b = f32(_images(32))[1], bf16(_images(32))[1]
     assert b.dtype == np.dtype("bfloat16") or str(b.dtype) == "bfloat16"
     assert float(np.abs(np.asarray(a) - np.asarray(b, np.float32)).max()) < 0.1
+
+
+def test_trailing_pixels_beyond_the_patch_grid_are_ignored():
+    """Like transformers' stride-p convolution: a 44-px image with 14-px patches is read as its first
+    42 px (SigLIP-so400m reads 384-px images as a 27 × 27 grid over 378 px)."""
+    from mathvlm.models.vit import vit
+
+    model = vit(None, rngs=nnx.Rngs(0), flavour="siglip", image_size=42, patch_size=14,
+                hidden_act="gelu_pytorch_tanh", num_layers=1)
+    images = np.random.default_rng(0).normal(size=(2, 44, 44, 3)).astype(np.float32)
+    full, cropped = model(images)[0], model(images[:, :42, :42])[0]
+    np.testing.assert_array_equal(np.asarray(full), np.asarray(cropped))
