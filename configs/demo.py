@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(arg=None):
-    arg = mc.parse_arg(arg, scale=1.0, eval_examples=48)
+    arg = mc.parse_arg(arg, scale=1.0, eval_examples=32)
 
     def steps(n):
         return max(2, int(n * arg.scale))
@@ -33,13 +33,13 @@ def get_config(arg=None):
     config.config_dir = HERE
     config.stages = (
         {"name": "clip_math", "config": f"mavis/clip_math.py:size=tiny,steps={steps(150)}"},
-        {"name": "text_math", "config": f"math_puma/text_sft.py:size=tiny-vlm,steps={steps(200)}",
+        {"name": "text_math", "config": f"math_puma/text_sft.py:size=tiny-vlm,steps={steps(150)}",
          "init_from": "clip_math"},
         {"name": "align", "config": f"mavis/align.py:size=tiny,steps={steps(150)}",
          "init_from": "text_math", "params": ""},
-        {"name": "instruct", "config": f"mavis/instruct.py:size=tiny,steps={steps(300)},{evals}",
+        {"name": "instruct", "config": f"mavis/instruct.py:size=tiny,steps={steps(200)},{evals}",
          "init_from": "align"},
-        {"name": "puma_kl", "config": f"math_puma/kl_align.py:size=tiny,steps={steps(100)},{evals}",
+        {"name": "puma_kl", "config": f"math_puma/kl_align.py:size=tiny,steps={steps(80)},{evals}",
          "init_from": "instruct"},
     )
     return mc.finalize(config)

@@ -6,9 +6,8 @@ import csv
 import json
 import os
 
-import pytest
-
 from mathvlm import sweep
+from tests.test_notebooks import run_notebook  # one notebook runner for the suite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "ablations", "complexity_ratio.py")
@@ -31,26 +30,6 @@ def test_print_gives_one_command_per_table8_mix(tmp_path, capsys):
 def test_a_config_without_a_sweep_group_is_refused(capsys):
     assert sweep.main(["--config", os.path.join(ROOT, "configs", "text_demo.py"), "--print"]) == 2
     assert "no 'sweep' group" in capsys.readouterr().err
-
-
-def run_notebook(name: str, env: dict) -> str:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # inherited by the kernel process
-    try:
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    return "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
 
 
 def test_two_mix_sweep_runs_collects_and_plots(tmp_path, capsys):
