@@ -20,6 +20,7 @@ from absl import logging
 
 from mathvlm import config as mc
 from mathvlm import registry, sharding
+from mathvlm.train.checkpoint import Checkpointer
 from mathvlm.train.metrics import read_metrics
 
 VERSION_PREFIX = "engine/version/"
@@ -76,11 +77,25 @@ def chain(config, *, workdir: str, mesh):
         start = time.perf_counter()
         stage_mesh = sharding.make_mesh(cfg.mesh)
         registry.get("job", cfg.job)(cfg, workdir=stage_dir, mesh=stage_mesh)
+        if cfg.job == "train" and _saved_step(stage_dir) < cfg.train.steps:
+            # Preempted (SIGTERM saved a checkpoint mid-stage): the next stage must not start from an
+            # unfinished one. The same command resumes this stage, then goes on.
+            print(f"stage {stage['name']} stopped before step {cfg.train.steps}; re-run the same command "
+                  "to resume it", flush=True)
+            return results
         timings[stage["name"]] = time.perf_counter() - start
         results[stage["name"]], histories[stage["name"]] = _final_metrics(stage_dir)
     path = write_chain_summary(workdir, config.name, results, timings, histories)
     print(f"chain summary: {path}", flush=True)
     return results
+
+
+def _saved_step(stage_dir: str) -> int:
+    checkpoints = Checkpointer(stage_dir)
+    try:
+        return checkpoints.latest_step() or 0
+    finally:
+        checkpoints.close()
 
 
 def by_version(results: dict[str, dict]) -> dict[str, dict[str, float]]:
