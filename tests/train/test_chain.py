@@ -67,3 +67,42 @@ def test_demo_chain(tmp_path):
     again = run_demo(tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from step" in again.stderr
+
+
+CHAIN = '''
+from mathvlm import config as mc
+
+
+def get_config(arg=None):
+    config = mc.defaults()
+    config.name = "two text stages"
+    config.job = "chain"
+    config.config_dir = {configs!r}
+    config.stages = ({{"name": "first", "config": "text_demo.py:steps=3000,batch_size=8"}},
+                     {{"name": "second", "config": "text_demo.py:steps=2,batch_size=8", "init_from": "first"}})
+    return mc.finalize(config)
+'''
+
+
+def test_a_preempted_stage_stops_the_chain(tmp_path):
+    """SIGTERM mid-stage saves that stage and exits 0; the next stage must not start from the unfinished
+    checkpoint."""
+    import signal
+    import time
+
+    config = tmp_path / "chain.py"
+    config.write_text(CHAIN.format(configs=os.path.join(ROOT, "configs")))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    process = subprocess.Popen([sys.executable, "-m", "mathvlm.main", f"--config={config}",
+                                f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = tmp_path / "run" / "first" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    assert "stage first stopped before step 3000" in out
+    assert not (tmp_path / "run" / "second").exists()
+    assert not (tmp_path / "run" / "summary.md").exists()
