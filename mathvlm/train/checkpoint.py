@@ -62,6 +62,17 @@ def state_bytes(state) -> int:
     return sum(nbytes(x) for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
 
 
+# A saved step is the raw array bytes plus orbax's metadata and per-array chunk headers, which for
+# small models add a third or more; trained (incompressible) weights come out up to ~1.35× raw here.
+# The space check must err on the safe side, so it budgets 1.5× per checkpoint.
+CHECKPOINT_OVERHEAD = 1.5
+
+
+def checkpoint_bytes(state) -> int:
+    """A safe upper estimate of the disk one checkpoint of ``state`` takes."""
+    return int(CHECKPOINT_OVERHEAD * state_bytes(state))
+
+
 def directory_bytes(path: str) -> int:
     total = 0
     for root, _, files in os.walk(path):
@@ -106,7 +117,7 @@ class Checkpointer:
         the one being written (orbax deletes the oldest only once the new one is complete); space the
         existing checkpoints already take counts as available. ``min_free_bytes`` is headroom demanded
         on top. Returns the bytes needed."""
-        one = state_bytes(state)
+        one = checkpoint_bytes(state)
         needed = max(one, one * (self.keep + 1) - directory_bytes(self.directory)) + int(min_free_bytes)
         free = shutil.disk_usage(self.directory).free
         if free < needed:

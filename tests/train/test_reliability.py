@@ -203,15 +203,16 @@ def test_full_disk_is_reported_before_training(straight, tmp_path, monkeypatch):
     _, trainer = _tiny_trainer()
     saver = ckpt_lib.Checkpointer(str(tmp_path / "real"), keep=2, async_save=False)
     needed = saver.check_space(trainer.state)
-    one = ckpt_lib.state_bytes(trainer.state)
+    one = ckpt_lib.checkpoint_bytes(trainer.state)
     assert needed == 3 * one
     saver.save(1, trainer.state)
     saver.close()
-    # orbax compresses, so the untrained state (zero Adam moments) writes less than the estimate; a
-    # trained state of the same model (the reference run's last step) writes about the estimate.
+    # The estimate is an upper bound of a real checkpoint, untrained (zero Adam moments compress) or
+    # trained (the reference run's last step), and not a wild one: raw array bytes are at least 2/3 of it.
     written = ckpt_lib.directory_bytes(os.path.join(saver.directory, "1"))
     trained = ckpt_lib.directory_bytes(os.path.join(straight, "checkpoints", str(STEPS)))
-    assert written <= 1.2 * one and 0.8 * one <= trained <= 1.2 * one, (one, written, trained)
+    raw = ckpt_lib.state_bytes(trainer.state)
+    assert written <= one and trained <= one and raw >= one / 1.5 - 1, (one, raw, written, trained)
     # Existing checkpoints are space already held: only the rest is asked for.
     held = ckpt_lib.directory_bytes(saver.directory)
     assert saver.check_space(trainer.state) == max(one, 3 * one - held)
