@@ -30,7 +30,7 @@ from mathvlm import registry
 from mathvlm.data import images as image_ops
 from mathvlm.data import readers
 from mathvlm.data.engine import core, text
-from mathvlm.data.engine.common import FAMILIES, HELDOUT_OFFSET
+from mathvlm.data.engine.common import FAMILIES
 from mathvlm.data.sources import SKIP_REASONS
 
 LABELS = {"complexity": 4, "clarity": 2}   # label kind → number of classes
@@ -142,14 +142,7 @@ class EngineImageSource:
                                        get("max_bad_fraction", 0.1))
             self.size = len(self.records)
             return
-        split = get("split", "train")
-        if split not in ("train", "heldout"):
-            raise ValueError(f"data.split={split!r}: train or heldout")
-        self.seed = int(seed) + (HELDOUT_OFFSET if split == "heldout" else 0)
-        self.families = tuple(get("families", None) or FAMILIES)
-        unknown = set(self.families) - set(FAMILIES)
-        if unknown:
-            raise ValueError(f"data.families has unknown families {sorted(unknown)}; known: {FAMILIES}")
+        self.seed, self.families = core.split_seed_and_families(data_config, seed)
         self.version = get("version", "mixed")
         if self.version != "mixed" and self.version not in IMAGE_VERSIONS:
             raise ValueError(f"data.version={self.version!r}: 'mixed' or one of {IMAGE_VERSIONS} "

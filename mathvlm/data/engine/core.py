@@ -123,6 +123,19 @@ def make_record(seed: int, index: int, *, kind: str = "instruct", version: str =
     return record
 
 
+def split_seed_and_families(data_config, seed: int) -> tuple[int, tuple[str, ...]]:
+    """The engine seed of ``data.split`` (train: ``seed``; heldout: ``seed + HELDOUT_OFFSET``) and the
+    checked ``data.families`` (all when unset), shared by every source drawing from the engine."""
+    split = data_config.get("split", "train")
+    if split not in ("train", "heldout"):
+        raise ValueError(f"data.split must be train or heldout, got {split!r}")
+    families = tuple(data_config.get("families", None) or FAMILIES)
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"data.families has unknown families {sorted(unknown)}; known: {FAMILIES}")
+    return int(seed) + (HELDOUT_OFFSET if split == "heldout" else 0), families
+
+
 @registry.register("source", "engine")
 class EngineSource:
     """grain random-access source of engine records, generated on the fly (no files).
@@ -135,14 +148,7 @@ class EngineSource:
     def __init__(self, data_config, *, seed: int, tokenizer=None):
         del tokenizer  # tokenisation and chat templates belong to the pipeline
         get = data_config.get
-        split = get("split", "train")
-        if split not in ("train", "heldout"):
-            raise ValueError(f"split must be train or heldout, got {split!r}")
-        self.seed = int(seed) + (HELDOUT_OFFSET if split == "heldout" else 0)
-        self.families = tuple(get("families", None) or FAMILIES)
-        unknown = set(self.families) - set(FAMILIES)
-        if unknown:
-            raise ValueError(f"unknown families {sorted(unknown)}; known: {FAMILIES}")
+        self.seed, self.families = split_seed_and_families(data_config, seed)
         self.kind = get("kind", "instruct")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
