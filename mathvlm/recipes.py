@@ -69,13 +69,12 @@ def engine_blind_eval(versions=("vision_dominant",), num_examples: int = 48,
     return {**engine_eval(versions, num_examples, families), "label": "engine_blind", "blind": True}
 
 
-def real_vlm(hf: str, *, lora_rank: int = 0) -> ConfigDict:
+def real_vlm(hf: str) -> ConfigDict:
     """A real-size VLM loaded from a local LLaVA-format transformers folder, bf16 compute over f32
     master weights, layers scanned and rematerialised (compile time and memory at 7B/13B)."""
     if not hf:
         raise mc.ConfigError("real sizes need hf=<local LLaVA-format transformers folder> (image tower, "
                              "projector and LLM; build one with `python -m mathvlm.convert`)")
-    del lora_rank  # LoRA is the top-level `lora` group, applied after loading
     return ConfigDict({"name": "hf", "dtype": "bfloat16", "param_dtype": "float32",
                        "scan_layers": True, "remat": True})
 

@@ -28,7 +28,6 @@ import numpy as np
 from mathvlm import registry
 from mathvlm.data import engine_prompts
 from mathvlm.data.engine import core
-from mathvlm.data.engine.common import HELDOUT_OFFSET
 from mathvlm.data.engine.text import VERSIONS
 from mathvlm.data.sources import RowBuilder, join_members
 
@@ -163,8 +162,3 @@ class BuiltRecords:
         raw = self.source[int(index)]
         return {k: v.decode("utf-8") if isinstance(v, bytes) else np.asarray(v) if hasattr(v, "shape") else v
                 for k, v in raw.items()}
-
-
-def heldout_seed(seed: int) -> int:
-    """The engine seed of the held-out split of ``seed`` (disjoint from training)."""
-    return int(seed) + HELDOUT_OFFSET
