@@ -168,6 +168,23 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
+def set_value(config: ConfigDict, key: str, value: Any) -> None:
+    """Set dotted ``key`` of an existing config to a Python ``value`` (strings are parsed like the command
+    line's, see :func:`override`); an unknown key or a wrongly typed value raises ConfigError."""
+    if isinstance(value, str):
+        return override(config, key, value)
+    *parents, leaf = key.split(".")
+    node = config
+    for depth, name in enumerate(parents):
+        _require_key(node, name, ".".join(parents[:depth]), key)
+        node = node[name]
+    _require_key(node, leaf, ".".join(parents), key)
+    try:
+        node[leaf] = tuple(value) if isinstance(value, list) else value
+    except TypeError as e:  # ml_collections' own type safety
+        raise ConfigError(f"config key {key!r}: {e}") from None
+
+
 def override(config: ConfigDict, key: str, text: str) -> None:
     """Set dotted ``key`` from its command-line ``text``, type-checked against the current value."""
     *parents, leaf = key.split(".")

@@ -45,7 +45,7 @@ def tiny_engine_data(task: str, *, batch_size: int, seq_len: int, version="mixed
     Multiple choice by default: a tiny model can learn to pick a letter well before it can write a
     free-form exact answer, which is what makes its accuracy per version readable."""
     return ConfigDict({"source": "engine_vlm", "task": task, "version": version,
-                       "multiple_choice": multiple_choice, "families": tuple(families),
+                       "multiple_choice": multiple_choice, "answer": "cot", "families": tuple(families),
                        "tokenizer": "engine", "template": template, "batch_size": batch_size,
                        "seq_len": seq_len, "image_size": TINY_IMAGE_SIZE, "render_size": 224,
                        "num_image_tokens": TINY_IMAGE_TOKENS, "max_bad_fraction": 0.05,

@@ -33,7 +33,8 @@ def get_config(arg=None):
                                       "text": {"vocab_size": 260, "max_position": 192,
                                                "eos_token_id": 258}})
         config.data = mc.ConfigDict({"source": "engine_captions", "tokenizer": "bytes", "batch_size": 32,
-                                     "seq_len": 192, "image_size": 64, "max_bad_fraction": 0.0})
+                                     "seq_len": 192, "image_size": 64, "max_bad_fraction": 0.0,
+                                     "families": ("plane_geometry", "analytic_geometry", "function")})
         config.train.steps = arg.steps or 200
         config.optim.update({"lr": 1e-3, "warmup_steps": 10})
     else:

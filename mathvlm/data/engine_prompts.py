@@ -59,18 +59,26 @@ def engine_prompt(record: dict, multiple_choice: bool = False) -> str:
     return str(record[key])
 
 
-def engine_target(record: dict, multiple_choice: bool = False) -> str:
-    """The assistant turn: the chain of thought ending with the answer line."""
-    return str(record["cot_mc" if multiple_choice else "cot"])
+ANSWER_FORMS = ("cot", "short")
 
 
-def engine_conversation(record: dict, multiple_choice: bool = False, *, with_target: bool = True) -> list[dict]:
+def engine_target(record: dict, multiple_choice: bool = False, answer: str = "cot") -> str:
+    """The assistant turn: the chain of thought ending with the answer line (``answer="cot"``), or the
+    answer line alone (``"short"``: ``The answer is X[, which is option L].``)."""
+    if answer not in ANSWER_FORMS:
+        raise ValueError(f"engine answer form {answer!r}; forms: {ANSWER_FORMS}")
+    text = str(record["cot_mc" if multiple_choice else "cot"])
+    return text.strip().splitlines()[-1] if answer == "short" else text
+
+
+def engine_conversation(record: dict, multiple_choice: bool = False, *, with_target: bool = True,
+                        answer: str = "cot") -> list[dict]:
     """``[{"role": "user", ...}, {"role": "assistant", ...}]`` for the chat templates
     (:mod:`mathvlm.data.templates`); ``with_target=False`` gives the generation prompt's user turn only."""
     user = (IMAGE_MARK if has_image(record) else "") + engine_prompt(record, multiple_choice)
     turns = [{"role": "user", "content": user}]
     if with_target:
-        turns.append({"role": "assistant", "content": engine_target(record, multiple_choice)})
+        turns.append({"role": "assistant", "content": engine_target(record, multiple_choice, answer)})
     return turns
 
 

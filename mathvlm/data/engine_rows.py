@@ -38,8 +38,10 @@ MAX_LEVEL_SCAN = 200_000
 
 
 def parse_versions(spec) -> tuple[str, ...]:
-    """``data.version``: "mixed" (every version), one version, or a tuple of versions."""
-    versions = VERSIONS if spec == "mixed" else ((spec,) if isinstance(spec, str) else tuple(spec))
+    """``data.version``: "mixed" (every version), one version, or several (a tuple, or comma-separated)."""
+    if isinstance(spec, str):
+        spec = VERSIONS if spec == "mixed" else tuple(v.strip() for v in spec.split(",") if v.strip())
+    versions = tuple(spec)
     unknown = [v for v in versions if v not in VERSIONS]
     if unknown:
         raise ValueError(f"data.version has unknown versions {unknown}; versions: {VERSIONS} or 'mixed'")
@@ -68,7 +70,7 @@ def _pair_member(record: dict, side: str) -> dict:
 class EngineVLMSource:
     """Tokenised engine rows (see module docstring). Config keys besides the pipeline's (``seq_len``,
     ``template``, ``image_size``, ``image_preprocess``, ``num_image_tokens``): ``task``, ``version``,
-    ``multiple_choice`` (0–1), ``families``, ``split`` (train/heldout), ``num_examples``,
+    ``multiple_choice`` (0–1), ``answer`` (``cot`` or ``short``: the answer line alone), ``families``, ``split`` (train/heldout), ``num_examples``,
     ``render_size`` (engine canvas in px before preprocessing; default 224), ``path`` (a built dataset)."""
 
     def __init__(self, data_config, *, seed: int, tokenizer):
@@ -78,6 +80,10 @@ class EngineVLMSource:
             raise ValueError(f"data.task={self.task!r}; tasks: {TASKS}")
         self.versions = parse_versions(get("version", "mixed"))
         self.multiple_choice = float(get("multiple_choice", 0.0))
+        self.answer = get("answer", "cot")
+        if self.answer not in engine_prompts.ANSWER_FORMS:
+            raise ValueError(f"data.answer={self.answer!r}; forms: {engine_prompts.ANSWER_FORMS} (chain of "
+                             "thought, or the answer line alone)")
         if not 0.0 <= self.multiple_choice <= 1.0:
             raise ValueError(f"data.multiple_choice={self.multiple_choice} must be a fraction in [0, 1]")
         if not get("image_size", 0):
@@ -124,7 +130,8 @@ class EngineVLMSource:
             _, mc = instruct_form(self.engine.seed, index, self.versions, self.multiple_choice)
             members = {side: self.build({
                 "id": f"{record['id']}/{side}", "images": [record[side + "_image"]],
-                "conversation": engine_prompts.engine_conversation(_pair_member(record, side), mc)})
+                "conversation": engine_prompts.engine_conversation(_pair_member(record, side), mc,
+                                                                   answer=self.answer)})
                 for side in ("strong", "weak")}
             return join_members(members) | {"level": np.int32(record["complexity"])}
         e = self.engine
@@ -136,7 +143,7 @@ class EngineVLMSource:
                                       image_size=e.image_size, families=e.families)
         image = engine_prompts.engine_image(record, mc)
         row = self.build({"id": record["id"], "images": [] if image is None else [image],
-                          "conversation": engine_prompts.engine_conversation(record, mc)})
+                          "conversation": engine_prompts.engine_conversation(record, mc, answer=self.answer)})
         return row | {"level": np.int32(record["complexity"])}
 
 

@@ -4,7 +4,8 @@
 stage is an ordinary recipe (``configs/<paper>/<stage>.py:arg``), trained by the ``train`` job in
 ``<workdir>/<name>``; ``init_from`` names an earlier stage whose newest checkpoint initialises it (the
 recipe's own ``init.params`` says which parameters carry over, e.g. CLIP-Math's image tower into the
-VLM; a stage's ``params`` overrides it). Re-running the same command resumes: finished stages are read back, not retrained.
+VLM; a stage's ``params`` overrides it) and ``set`` (``{"data.families": (...), ...}``) changes keys of the
+recipe's config. Re-running the same command resumes: finished stages are read back, not retrained.
 
 At the end ``<workdir>/summary.md`` lists each stage's final metrics and, when stages ran the engine's
 held-out evaluator, the accuracy per MathVerse version and stage (table and ``by_version.png``).
@@ -43,6 +44,13 @@ def stage_config(stage: dict, workdir: str, base_dir: str):
             config.init.checkpoint = os.path.join(workdir, stage["init_from"])
             if "params" in stage:  # the chain's predecessor may differ from the recipe's default one
                 config.init.params = stage["params"]
+    if stage.get("set"):
+        with config.unlocked():
+            for key, value in dict(stage["set"]).items():
+                try:
+                    mc.set_value(config, key, value)
+                except mc.ConfigError as e:
+                    raise mc.ConfigError(f"stage {stage['name']!r}, set: {e}") from None
     return config
 
 

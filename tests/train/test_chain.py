@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from mathvlm import config as mc
@@ -106,3 +107,17 @@ def test_a_preempted_stage_stops_the_chain(tmp_path):
     assert "stage first stopped before step 3000" in out
     assert not (tmp_path / "run" / "second").exists()
     assert not (tmp_path / "run" / "summary.md").exists()
+
+
+def test_stage_set_changes_recipe_keys_and_rejects_unknown_ones(tmp_path):
+    config = mc.load(os.path.join(ROOT, "configs", "experiments", "grounding.py"))
+    instruct = stage_config(dict(config.stages[2]), str(tmp_path), os.path.join(ROOT, "configs"))
+    assert instruct.data.families == ("function_orientation",) and instruct.data.answer == "short"
+    assert instruct.eval.evaluators[1]["blind"] and instruct.eval.max_new_tokens == 64
+    assert instruct.init.checkpoint == os.path.join(str(tmp_path), "align")
+    bad = {"name": "x", "config": "mavis/instruct.py:size=tiny", "set": {"data.familes": ("function",)}}
+    with pytest.raises(mc.ConfigError, match="stage 'x', set: unknown config key 'data.familes'"):
+        stage_config(bad, str(tmp_path), os.path.join(ROOT, "configs"))
+    wrong_type = {"name": "y", "config": "mavis/instruct.py:size=tiny", "set": {"train.steps": "many"}}
+    with pytest.raises(mc.ConfigError, match="stage 'y', set: config key 'train.steps' expects int"):
+        stage_config(wrong_type, str(tmp_path), os.path.join(ROOT, "configs"))

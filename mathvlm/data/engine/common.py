@@ -17,6 +17,10 @@ import numpy as np
 import sympy as sp
 
 FAMILIES = ("plane_geometry", "analytic_geometry", "function")
+# Opt-in families (``data.families``), never in the default mix: ``function_orientation`` asks which of a
+# curve's four orientations is drawn, the visual-grounding probe of the toy experiments.
+PROBE_FAMILIES = ("function_orientation",)
+ALL_FAMILIES = FAMILIES + PROBE_FAMILIES
 # The seed range of each split: the train split uses ``seed``, held-out uses ``seed + HELDOUT_OFFSET``; with
 # seeds below 10**6 the ranges never meet.
 HELDOUT_OFFSET = 10**6

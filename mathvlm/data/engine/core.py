@@ -15,11 +15,11 @@ import numpy as np
 
 from mathvlm import registry
 from mathvlm.data.engine import analytic, functions, geometry, text
-from mathvlm.data.engine.common import FAMILIES, HELDOUT_OFFSET, numeric
+from mathvlm.data.engine.common import ALL_FAMILIES, FAMILIES, HELDOUT_OFFSET, numeric
 from mathvlm.data.engine.render import draw_scene, random_style, render_scene  # noqa: F401 (re-exported)
 
 _GENERATORS = {"plane_geometry": geometry.generate, "analytic_geometry": analytic.generate,
-               "function": functions.generate}
+               "function": functions.generate, "function_orientation": functions.generate_orientation}
 _STREAM = {"family": 0, "problem": 1, "style": 2, "text": 3, "version": 4}
 KINDS = ("caption", "instruct", "pairs")
 IMAGE_SIZES = (224, 280, 336, 384, 448)
@@ -31,7 +31,7 @@ def rng_for(seed: int, index: int, stream: str, extra: int = 0) -> np.random.Gen
 
 def make_problem(seed: int, index: int, families=FAMILIES) -> dict:
     family = families[rng_for(seed, index, "family").integers(len(families))]
-    problem = _GENERATORS[family](rng_for(seed, index, "problem", FAMILIES.index(family)))
+    problem = _GENERATORS[family](rng_for(seed, index, "problem", ALL_FAMILIES.index(family)))
     problem["id"] = f"engine/{seed}/{index}"
     return problem
 
@@ -130,9 +130,9 @@ def split_seed_and_families(data_config, seed: int) -> tuple[int, tuple[str, ...
     if split not in ("train", "heldout"):
         raise ValueError(f"data.split must be train or heldout, got {split!r}")
     families = tuple(data_config.get("families", None) or FAMILIES)
-    unknown = set(families) - set(FAMILIES)
+    unknown = set(families) - set(ALL_FAMILIES)
     if unknown:
-        raise ValueError(f"data.families has unknown families {sorted(unknown)}; known: {FAMILIES}")
+        raise ValueError(f"data.families has unknown families {sorted(unknown)}; known: {ALL_FAMILIES}")
     return int(seed) + (HELDOUT_OFFSET if split == "heldout" else 0), families
 
 

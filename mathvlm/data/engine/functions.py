@@ -128,6 +128,54 @@ def generate(rng: np.random.Generator) -> dict:
     lo, hi = _domain(kind, props)
     skills = _questions(kind, expr, props)
     skill = skills[rng.integers(len(skills))]
+    return _problem(rng, kind, expr, props, lo, hi, skill)
+
+
+# Kinds whose four orientations f(x), -f(x), f(-x), -f(-x) can all differ (cos is even and tan odd, so
+# theirs never do; log's mirror lives on the other side of its domain, which its nice inputs do not follow).
+ORIENTATION_KINDS = ("polynomial", "sin", "abs", "piecewise")
+
+
+def _mirrored_props(kind, props):
+    """The properties of f(-x): vertex, roots and kink move to the other side."""
+    props = dict(props)
+    if "h" in props:
+        props["h"] = -props["h"]
+    if "t" in props:
+        props["t"] = -props["t"]
+    if "roots" in props:
+        props["roots"] = sorted(-r for r in props["roots"])
+    return props
+
+
+def generate_orientation(rng: np.random.Generator) -> dict:
+    """"Which expression matches the graph?" with one curve's four orientations — f(x), -f(x), f(-x),
+    -f(-x) — as the options and the drawn one uniform among them. The options carry no hint of the answer
+    (text alone scores 25%), while the picture shows it at any resolution (up or down, left or right): the
+    visual-grounding probe of the toy experiments (family ``function_orientation``)."""
+    kind = ORIENTATION_KINDS[rng.integers(len(ORIENTATION_KINDS))]
+    for _ in range(50):
+        base, props = make_expression(rng, kind)
+        variants = [base, -base, base.subs(X, -X), -base.subs(X, -X)]
+        table = sp.lambdify(X, variants, "numpy")
+        if not any(_same_function(table, j, i) for i in range(4) for j in range(i + 1, 4)):
+            break
+    else:  # pragma: no cover - a collapse 50 times in a row does not happen for these kinds
+        raise RuntimeError(f"no {kind} expression with four distinct orientations")
+    drawn = int(rng.integers(4))
+    if drawn >= 2:
+        props = _mirrored_props(kind, props)
+    lo, hi = _domain(kind, props)
+    others = [v for i, v in enumerate(variants) if i != drawn]
+    problem = _problem(rng, kind, variants[drawn], props, lo, hi, "identify", identify_options=others)
+    problem["family"], problem["skill"] = "function_orientation", f"{kind}_orientation"
+    problem["spec"]["orientation"] = ["f(x)", "-f(x)", "f(-x)", "-f(-x)"][drawn]
+    return problem
+
+
+def _problem(rng, kind, expr, props, lo, hi, skill, identify_options=None) -> dict:
+    """The problem asking ``skill`` about the graph of ``expr`` on [lo, hi]; ``identify_options`` replaces
+    the usual distractors of "which expression" (sign flip, mirror image, shifts, stretch)."""
     spec = {"kind": kind, "expr": sp.srepr(expr), "skill": skill}
     f_text = f"f(x) = {_pretty(expr)}"
     x0 = _pick_x(rng, kind, props, lo, hi)
@@ -202,7 +250,7 @@ def generate(rng: np.random.Generator) -> dict:
         answer = f_text
         question = "Which expression matches the graph of f?"
         # sign flip, mirror image, vertical shifts, stretch; those equal to f (a mirrored cos) are dropped
-        cands = [-expr, expr.subs(X, -X), expr + 1, expr - 1, 2 * expr]
+        cands = identify_options or [-expr, expr.subs(X, -X), expr + 1, expr - 1, 2 * expr]
         table = sp.lambdify(X, [expr] + cands, "numpy")  # one lambdify for all: each costs ~4 ms
         wrong_rows = [j + 1 for j in range(len(cands)) if not _same_function(table, j + 1)]
         wrong = [cands[r - 1] for r in wrong_rows]
@@ -282,11 +330,11 @@ def _exact(v):
 _PROBES = (0.37, 1.21, 2.53, 3.9, -0.83)
 
 
-def _same_function(table, j) -> bool:
-    """Row ``j`` of the lambdified ``table`` equals row 0 (f) at every probe where f is defined."""
+def _same_function(table, j, i=0) -> bool:
+    """Row ``j`` of the lambdified ``table`` equals row ``i`` (f) at every probe where f is defined."""
     with np.errstate(all="ignore"):
         rows = [[complex(v) for v in table(t)] for t in _PROBES]
-    return all(abs(r[j] - r[0]) < 1e-9 or not np.isfinite(r[0]) for r in rows)
+    return all(abs(r[j] - r[i]) < 1e-9 or not np.isfinite(r[i]) for r in rows)
 
 
 def _identify_points(rng, kind, props, expr, wrong_rows, table, lo, hi, y_range):
