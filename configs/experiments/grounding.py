@@ -48,6 +48,7 @@ def get_config(arg=None):
          "set": {"data.families": FAMILIES, "data.answer": "short",
                  "data.version": "vision_dominant,text_dominant,vision_intensive",
                  "data.seq_len": 400, "data.length_buckets": (200, 300, 400),
-                 "eval.evaluators": evaluators, "eval.max_new_tokens": 64}},
+                 "eval.evaluators": evaluators, "eval.max_new_tokens": 64,
+                 "eval.every_steps": steps(100)}},
     )
     return mc.finalize(config)

@@ -150,9 +150,11 @@ def _mirrored_props(kind, props):
 
 def generate_orientation(rng: np.random.Generator) -> dict:
     """"Which expression matches the graph?" with one curve's four orientations — f(x), -f(x), f(-x),
-    -f(-x) — as the options and the drawn one uniform among them. The options carry no hint of the answer
-    (text alone scores 25%), while the picture shows it at any resolution (up or down, left or right): the
-    visual-grounding probe of the toy experiments (family ``function_orientation``)."""
+    -f(-x) — as the options and the drawn one uniform among them. Without the picture or the given the
+    options carry no hint of the answer (25%), while the picture shows it at any resolution (up or down,
+    left or right): the visual-grounding probe of the toy experiments (family ``function_orientation``).
+    The given, stated in the text versions, is the drawn expression: text-rich and vision-rich twins
+    (Math-PUMA) that differ in where the answer can be read."""
     kind = ORIENTATION_KINDS[rng.integers(len(ORIENTATION_KINDS))]
     for _ in range(50):
         base, props = make_expression(rng, kind)
@@ -170,7 +172,23 @@ def generate_orientation(rng: np.random.Generator) -> dict:
     problem = _problem(rng, kind, variants[drawn], props, lo, hi, "identify", identify_options=others)
     problem["family"], problem["skill"] = "function_orientation", f"{kind}_orientation"
     problem["spec"]["orientation"] = ["f(x)", "-f(x)", "f(-x)", "-f(-x)"][drawn]
+    # The given is the drawn expression itself (Math-PUMA's text-rich twin of a function plot): the text
+    # versions answer by matching it, the vision versions by looking at the curve (the boxed label is
+    # unreadable at the tiny model's 64 px, the curve's orientation is not).
+    f_text = problem["answer"]
+    (x_lo, _), (_, y_hi) = problem["scene"]["frame"]
+    problem["givens"] = [_expression_given(f_text, x_lo, y_hi)]
+    problem["spec"].pop("points", None)
+    problem["cot"] = [f"The plotted curve is the graph of {f_text}.",
+                      "The other options are its reflections (upside down, left to right, or both), "
+                      "which is not the curve drawn."]
     return problem
+
+
+def _expression_given(f_text, x_lo, y_hi):
+    """``f(x) = ...`` as a given: stated in the text versions, boxed in the plot's corner in the others."""
+    return (f_text, [{"kind": "text", "pt": (x_lo, y_hi), "text": f_text, "dir": (0.0, -1.0), "boxed": True,
+                      "layer": "given:0", "accent": True, "small": True}])
 
 
 def _problem(rng, kind, expr, props, lo, hi, skill, identify_options=None) -> dict:
@@ -280,9 +298,7 @@ def _problem(rng, kind, expr, props, lo, hi, skill, identify_options=None) -> di
         prims.append({"kind": "dot", "pt": pt, "layer": "base"})
         prims.append({"kind": "text", "pt": pt, "text": f"({fmt(mx)}, {fmt(my)})", "dir": direction,
                       "small": True, "layer": "base", "accent": True})
-    given_text = [{"kind": "text", "pt": (x_lo, y_hi), "text": f_text, "dir": (0.0, -1.0), "boxed": True,
-                   "layer": "given:0", "accent": True, "small": True}]
-    givens = [(f_text, given_text)]
+    givens = [_expression_given(f_text, x_lo, y_hi)]
     if skill == "identify":
         # The expression is the answer, so the conditions are two points of the graph chosen to tell it
         # apart from every distractor; like any given they are stated in the text versions and drawn (dot and
