@@ -227,6 +227,8 @@ def _problem(rng, kind, expr, props, lo, hi, skill, identify_options=None) -> di
         question = "What are the zeros of f(x)?"
         cot = [f"Solve {_pretty(expr)} = 0.", f"The solutions are: {answer}."]
         mistakes = [", ".join(f"x = {fmt(-z)}" for z in zeros) or "x = 0", "x = 0", "no zeros"]
+        # when those collapse (no zeros, or a zero at 0), a zero off by one is the next typical slip
+        mistakes += [", ".join(f"x = {fmt(z + d)}" for z in zeros) or f"x = {d}" for d in (1, -1, 2)]
     elif skill in ("extremum", "symmetry", "monotonic"):
         if kind == "polynomial":
             h = sp.Rational(sum(props["roots"]), 2)

@@ -18,6 +18,8 @@ Math-PUMA stage-2 pairs: text-rich = text_dominant, vision-rich = vision_dominan
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import sympy as sp
 
@@ -91,6 +93,20 @@ def _value_equal(a, b) -> bool:
         return True  # not comparable (complex, undefined): treat as a clash so it is skipped
 
 
+_INTEGER = re.compile(r"(?<![\w/.])-?\d+(?![\w/.])")
+
+
+def _numeric_slips(answer: str) -> list[str]:
+    """``(3, -2)`` → ``(4, -2)``, ``(2, -2)``, ``(3, -1)``, ...: each whole number of a written answer
+    moved by one (fractions and decimals are left alone)."""
+    out = []
+    for match in _INTEGER.finditer(answer):
+        for delta in (1, -1):
+            value = int(match.group()) + delta
+            out.append(answer[:match.start()] + str(value) + answer[match.end():])
+    return out
+
+
 def choices(problem: dict, rng: np.random.Generator) -> tuple[list[str], int]:
     """Four options: the answer plus typical-mistake values; returns (option texts, answer index)."""
     answer = problem["answer"]
@@ -110,8 +126,13 @@ def choices(problem: dict, rng: np.random.Generator) -> tuple[list[str], int]:
             if len(picked) < 3 and all(not _value_equal(cand, p) for p in picked + [answer]):
                 picked.append(sp.sympify(cand))
         k += 1
-    while len(picked) < 3:
-        picked.append(f"none of the above ({len(picked)})")
+    if isinstance(answer, str):  # a written answer: nudge its numbers (a coordinate or bound off by one)
+        for cand in _numeric_slips(answer):
+            if len(picked) < 3 and all(cand != str(p) for p in picked + [answer]):
+                picked.append(cand)
+    for filler in ("none of these", "cannot be determined", "all of these"):
+        if len(picked) < 3:
+            picked.append(filler)
     options = [answer] + picked
     order = rng.permutation(4)
     texts = [o if isinstance(o, str) else fmt(o) for o in (options[i] for i in order)]
