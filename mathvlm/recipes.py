@@ -63,10 +63,12 @@ def engine_eval(versions=("text_dominant", "text_lite", "vision_intensive", "vis
 
 
 def engine_blind_eval(versions=("vision_dominant",), num_examples: int = 48,
-                      families=("analytic_geometry", "function")) -> dict:
+                      families=("analytic_geometry", "function"), mode: str = "zeros") -> dict:
     """The held-out evaluator with every picture replaced by zeros (metrics ``engine_blind/...``): the
-    gap to :func:`engine_eval` on the same versions is what the model reads from the image."""
-    return {**engine_eval(versions, num_examples, families), "label": "engine_blind", "blind": True}
+    gap to :func:`engine_eval` on the same versions is what the model reads from the image. Other modes
+    (``blank``, ``shuffled``: see ``engine_heldout``) log as ``engine_<mode>/...``."""
+    label = "engine_blind" if mode == "zeros" else f"engine_{mode}"
+    return {**engine_eval(versions, num_examples, families), "label": label, "blind": mode}
 
 
 def real_vlm(hf: str) -> ConfigDict:

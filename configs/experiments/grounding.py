@@ -8,11 +8,12 @@ uniform among them. The options give no hint of the answer, so a model that igno
 25% in expectation; the picture shows the answer even at 64 px (up or down, left or right). The MAVIS
 stages run on them: CLIP-Math on their captions, alignment (captioning), then instruction tuning on
 multiple-choice questions answered with the answer line alone (no chain of thought: at this size the
-budget goes to reading the picture instead of copying coordinates).
+budget goes to reading the picture).
 
 After instruction tuning the held-out evaluator asks 128 problems per version; the blind evaluator asks
-the same vision-dominant problems with the pictures replaced by zeros. ``<workdir>/summary.md`` has
-both. ``scale=0.1`` is the CI run (direction of the effect only).
+the same vision-dominant problems with the pictures replaced by zeros, and a control shows each
+question the diagram of another held-out problem (in distribution, but no help). ``<workdir>/summary.md``
+has all three. ``scale=0.1`` is the CI run (direction of the effect only).
 """
 
 import os
@@ -33,6 +34,8 @@ def get_config(arg=None):
     evaluators = (
         recipes.engine_eval(("vision_dominant", "text_dominant"), arg.eval_examples, FAMILIES),
         recipes.engine_blind_eval(("vision_dominant",), arg.eval_examples, FAMILIES),
+        # the control that keeps the picture in distribution: another problem's diagram
+        recipes.engine_blind_eval(("vision_dominant",), arg.eval_examples, FAMILIES, mode="shuffled"),
     )
     config = mc.defaults()
     config.name = "experiment: visual grounding on function_orientation problems"

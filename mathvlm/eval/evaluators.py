@@ -9,6 +9,7 @@ No JAX here: the model lives entirely behind predict_fn.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -222,9 +223,15 @@ class EngineHeldoutEvaluator:
     Prompts and answer extraction are :mod:`mathvlm.data.engine_prompts`, the same as the engine
     training rows use: the question (``question_mc`` listing the options for multiple choice) with the
     image, answered by a chain of thought whose last line is ``The answer is X[, which is option L].``.
-    ``blind=True`` replaces every picture by zeros (image tokens kept): the gap to the normal run is what
-    the model reads from the image.
+    ``blind=True`` (or ``"zeros"``) replaces every picture by zeros (image tokens kept): the gap to the
+    normal run is what the model reads from the image. A black canvas is far from any training picture,
+    so two controls keep the picture in distribution: ``"blank"`` (a white canvas) and ``"shuffled"``
+    (the picture of the next held-out problem in the same version: a real diagram that says nothing about
+    this question). Besides accuracy it logs ``answered``, the fraction of responses with an answer it
+    could read, and with a workdir writes every response to ``<name>_predictions.jsonl``.
     """
+
+    BLIND_MODES = ("zeros", "blank", "shuffled")
 
     name = "engine"
     FIELDS = ("question", "answer", "version", "family", "complexity")
@@ -233,14 +240,16 @@ class EngineHeldoutEvaluator:
                  "vision_intensive", "vision_dominant", "vision_only"), families=None,
                  image_size: int = 64, seed: int = 0, multiple_choice: bool = True,
                  records: Iterable[dict] | None = None, workdir: str | None = None, batch_size: int = 8,
-                 name: str = "engine", blind: bool = False):
+                 name: str = "engine", blind: bool | str = False):
         self.predict_fn = predict_fn
         self.num_examples, self.seed, self.image_size = int(num_examples), int(seed), image_size
         self.versions = (versions,) if isinstance(versions, str) else tuple(versions)
         self.families = tuple(families) if families else None
         self.multiple_choice = bool(multiple_choice)
         self.workdir, self.batch_size, self.name = workdir, batch_size, name
-        self.blind = bool(blind)
+        self.blind = ("zeros" if blind is True else blind) or None
+        if self.blind not in (None,) + self.BLIND_MODES:
+            raise ValueError(f"engine_heldout: blind={blind!r}; modes: {self.BLIND_MODES} (True = zeros)")
         self._records = None if records is None else list(records)
 
     def records(self) -> list[dict]:
@@ -263,32 +272,57 @@ class EngineHeldoutEvaluator:
                            record.get("id", index) if isinstance(record, dict) else index)
         return self._records
 
-    def image(self, record: dict):
-        """The record's picture for predict_fn: None when it shows none (text_only)."""
+    def _picture(self, record: dict):
         from mathvlm.data import engine_prompts
 
         image = engine_prompts.engine_image(record, self.multiple_choice)
-        image = load_image(image) if isinstance(image, str) else image
-        if self.blind and image is not None:
-            import numpy as np
+        return load_image(image) if isinstance(image, str) else image
 
-            image = np.zeros_like(image)
-        return image
+    def image(self, record: dict, stand_in: dict | None = None):
+        """The record's picture for predict_fn (None when it shows none: text_only), or its blind
+        stand-in; ``stand_in`` is the record whose picture ``"shuffled"`` shows instead."""
+        image = self._picture(record)
+        if self.blind is None or image is None:
+            return image
+        import numpy as np
+
+        if self.blind == "shuffled":
+            other = self._picture(stand_in) if stand_in is not None else None
+            return other if other is not None and other.shape == image.shape else np.zeros_like(image)
+        return np.full_like(image, 255 if self.blind == "blank" else 0)
 
     def run(self, state):
         from mathvlm.data import engine_prompts
 
         records = self.records()
-        tally = common.Tally()
-        for batch in common.batched(records, self.batch_size):
+        # "shuffled": each question sees the picture of the next problem asked in the same version
+        same_version = {}
+        for index, record in enumerate(records):
+            same_version.setdefault(record["version"], []).append(index)
+        stand_in = {}
+        for indices in same_version.values():
+            for k, index in enumerate(indices):
+                stand_in[index] = records[indices[(k + 1) % len(indices)]]
+        tally, answered, rows = common.Tally(), 0, []
+        for start, batch in zip(range(0, len(records), self.batch_size),
+                                common.batched(records, self.batch_size)):
             prompts = [engine_prompts.engine_prompt(r, self.multiple_choice) for r in batch]
-            responses = self.predict_fn(state, prompts, [self.image(r) for r in batch])
+            images = [self.image(r, stand_in.get(start + k)) for k, r in enumerate(batch)]
+            responses = self.predict_fn(state, prompts, images)
             for record, response in zip(batch, responses, strict=True):
-                tally.add(engine_prompts.is_correct(record, response, self.multiple_choice),
-                          {k: record[k] for k in ("version", "family", "complexity")})
+                correct = engine_prompts.is_correct(record, response, self.multiple_choice)
+                readable = engine_prompts.extract_answer(response) is not None
+                answered += readable
+                tally.add(correct, {k: record[k] for k in ("version", "family", "complexity")})
+                rows.append({"id": record.get("id"), "version": record["version"], "response": response,
+                             "correct": bool(correct), "answered": bool(readable)})
         if self.workdir:
             common.write_tables(tally.to_dict(), self.workdir, self.name)
+            with open(os.path.join(self.workdir, f"{self.name}_predictions.jsonl"), "w",
+                      encoding="utf-8") as f:
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         yield from tally.metrics(self.name)
+        yield f"{self.name}/answered", answered / max(1, len(records))
 
 
 @registry.register("evaluator", "engine_retrieval")

@@ -108,10 +108,15 @@ def _saved_step(stage_dir: str) -> int:
 
 def by_version(results: dict[str, dict]) -> dict[str, dict[str, float]]:
     """``{stage: {version: accuracy}}`` for stages that ran the engine held-out evaluator, plus
-    ``{"<stage> (blind)": ...}`` rows where it also ran with zeroed images."""
+    ``{"<stage> (blind)": ...}`` rows where it also ran with zeroed images and ``"<stage> (<x>)"`` rows
+    for other ``engine_<x>`` labels of it (e.g. ``engine_shuffled``)."""
     table = {}
     for stage, metrics in results.items():
-        for prefix, label in ((VERSION_PREFIX, stage), (BLIND_PREFIX, f"{stage} (blind)")):
+        labels = sorted({k.split("/", 1)[0] for k in metrics if k.startswith("engine_")
+                         and k.split("/", 1)[1].startswith("version/")} - {"engine_blind"})
+        prefixes = [(VERSION_PREFIX, stage), (BLIND_PREFIX, f"{stage} (blind)")]
+        prefixes += [(f"{label}/version/", f"{stage} ({label[len('engine_'):]})") for label in labels]
+        for prefix, label in prefixes:
             row = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
             if row:
                 table[label] = row

@@ -169,3 +169,35 @@ def test_scorers_import_no_jax():
         "from mathvlm.eval import math_v; assert math_v.is_equal('\\\\frac{1}{2}', '0.5')\n"
         "assert 'jax' not in [m for m, v in sys.modules.items() if v is not None]\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "blank", "shuffled"])
+def test_engine_heldout_blind_modes_and_predictions(mode, tmp_path):
+    import json
+
+    evaluator = registry.get("evaluator", "engine_heldout")(
+        None, num_examples=3, versions=("vision_dominant", "text_dominant"), image_size=32, batch_size=2,
+        blind=mode, workdir=str(tmp_path), name="engine_x")
+    records = evaluator.records()
+    seen = []
+
+    def model(state, prompts, images):
+        seen.extend(images)
+        return ["The answer is 123457." if k % 2 else "no idea" for k in range(len(prompts))]
+
+    evaluator.predict_fn = model
+    metrics = dict(evaluator.run(None))
+    pictures = [evaluator._picture(r) for r in records]
+    for k, image in enumerate(seen):
+        assert image.shape == pictures[k].shape and not np.array_equal(image, pictures[k])
+        if mode == "shuffled":  # the next problem's picture, within the same version
+            group = k // 3 * 3
+            assert np.array_equal(image, pictures[group + (k - group + 1) % 3])
+        else:
+            assert (image == (255 if mode == "blank" else 0)).all()
+    assert metrics["engine_x/answered"] == pytest.approx(3 / 6)  # batches of 2: every second reply
+    rows = [json.loads(line) for line in (tmp_path / "engine_x_predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in records]
+    assert sum(r["answered"] for r in rows) == 3 and not any(r["correct"] for r in rows)
+    with pytest.raises(ValueError, match="blind='dark'"):
+        registry.get("evaluator", "engine_heldout")(None, blind="dark")

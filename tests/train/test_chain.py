@@ -121,3 +121,14 @@ def test_stage_set_changes_recipe_keys_and_rejects_unknown_ones(tmp_path):
     wrong_type = {"name": "y", "config": "mavis/instruct.py:size=tiny", "set": {"train.steps": "many"}}
     with pytest.raises(mc.ConfigError, match="stage 'y', set: config key 'train.steps' expects int"):
         stage_config(wrong_type, str(tmp_path), os.path.join(ROOT, "configs"))
+
+
+def test_summary_rows_for_blind_and_control_evaluations():
+    from mathvlm.train.chain import by_version
+
+    table = by_version({"instruct": {"engine/version/vision_dominant": 0.6, "engine/accuracy": 0.6,
+                                     "engine_blind/version/vision_dominant": 0.2,
+                                     "engine_shuffled/version/vision_dominant": 0.25,
+                                     "engine_shuffled/answered": 1.0, "loss": 0.4}})
+    assert table == {"instruct": {"vision_dominant": 0.6}, "instruct (blind)": {"vision_dominant": 0.2},
+                     "instruct (shuffled)": {"vision_dominant": 0.25}}
