@@ -16,7 +16,9 @@ SIZES = ("tiny", "vit-l-336")
 
 
 def get_config(arg=None):
-    arg = mc.parse_arg(arg, size="tiny", hf="", steps=0)
+    # width/layers: the towers' size at size=tiny (the demo's VLM takes the 32-wide, 2-layer tower; wider
+    # towers are for measuring what capacity bounds retrieval)
+    arg = mc.parse_arg(arg, size="tiny", hf="", steps=0, width=32, layers=2)
     if arg.size not in SIZES:
         raise mc.ConfigError(f"size={arg.size!r}; sizes: {SIZES}")
     config = mc.defaults()
@@ -28,10 +30,11 @@ def get_config(arg=None):
     config.train.trainable = "vision_model,visual_projection,logit_scale"
     if arg.size == "tiny":
         config.train.trainable = "all"
-        config.model = mc.ConfigDict({"name": "clip_dual_encoder", "projection_dim": 32,
-                                      "vision": {"image_size": 64, "patch_size": 8},
+        size = {"hidden_size": arg.width, "intermediate_size": 2 * arg.width, "num_layers": arg.layers}
+        config.model = mc.ConfigDict({"name": "clip_dual_encoder", "projection_dim": arg.width,
+                                      "vision": {"image_size": 64, "patch_size": 8, **size},
                                       "text": {"vocab_size": 260, "max_position": 192,
-                                               "eos_token_id": 258}})
+                                               "eos_token_id": 258, **size}})
         config.data = mc.ConfigDict({"source": "engine_captions", "tokenizer": "bytes", "batch_size": 32,
                                      "seq_len": 192, "image_size": 64, "max_bad_fraction": 0.0,
                                      "families": ("plane_geometry", "analytic_geometry", "function")})
