@@ -3,12 +3,15 @@
     python -m mathvlm.main --config configs/experiments/grounding.py --workdir runs/grounding
 
 The problems are the engine's ``function_orientation`` family: "which expression matches the graph?"
-with a curve's four orientations — f(x), -f(x), f(-x), -f(-x) — as the options and the drawn one
-uniform among them. The options give no hint of the answer, so a model that ignores the picture scores
-25% in expectation; the picture shows the answer even at 64 px (up or down, left or right). The MAVIS
+with a parabola's or |x| curve's four orientations as the options, always in one order (A opens up with
+its vertex right of the y-axis, B down-right, C up-left, D down-left) and the drawn one uniform among
+them. The options give no hint of the answer, so a model that ignores the picture scores 25% in
+expectation; the picture shows it even at 64 px. (With the options shuffled and the answer written out,
+the tiny model stayed at chance after 200 steps even where the text states the expression: matching
+text to options is more than it learns in this budget.) The MAVIS
 stages run on them: CLIP-Math on their captions, alignment (captioning), then instruction tuning on
-multiple-choice questions answered with the answer line alone (no chain of thought: at this size the
-budget goes to reading the picture).
+multiple-choice questions answered with the letter alone (``The answer is option C.``; no chain of
+thought: at this size the budget goes to reading the picture).
 
 After instruction tuning the held-out evaluator asks 128 problems per version; the blind evaluator asks
 the same vision-dominant problems with the pictures replaced by zeros, and a control shows each
@@ -48,7 +51,7 @@ def get_config(arg=None):
          "init_from": "clip_math", "set": {"data.families": FAMILIES}},
         {"name": "instruct", "config": f"mavis/instruct.py:size=tiny,steps={steps(400)},eval_examples=0",
          "init_from": "align",
-         "set": {"data.families": FAMILIES, "data.answer": "short",
+         "set": {"data.families": FAMILIES, "data.answer": "letter",
                  "data.version": "vision_dominant,text_dominant,vision_intensive",
                  "data.seq_len": 400, "data.length_buckets": (200, 300, 400),
                  "eval.evaluators": evaluators, "eval.max_new_tokens": 64,

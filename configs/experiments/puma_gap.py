@@ -32,7 +32,7 @@ def get_config(arg=None):
     steps = max(2, int(arg.steps * arg.scale))
     evaluators = (recipes.engine_eval(("text_dominant", "vision_dominant"), arg.eval_examples,
                                       FAMILIES),)
-    shared = {"data.families": FAMILIES, "data.answer": "short", "data.seq_len": 400,
+    shared = {"data.families": FAMILIES, "data.answer": "letter", "data.seq_len": 400,
               "data.length_buckets": (200, 300, 400), "eval.evaluators": evaluators,
               "eval.max_new_tokens": 64, "train.trainable": "vision_tower,projector"}
     with config.unlocked():

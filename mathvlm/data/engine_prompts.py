@@ -21,6 +21,7 @@ TEXT_ONLY = "text_only"
 _ANSWER_LINE = re.compile(r"The answer is\s+(.+?)\s*(?:,\s*which is option\s+\(?([A-Z])\)?)?\s*\.?\s*$",
                           re.IGNORECASE)
 _OPTION = re.compile(r"which is option\s+\(?([A-Z])\)?", re.IGNORECASE)
+_LETTER_ONLY = re.compile(r"^option\s+\(?([A-Z])\)?$", re.IGNORECASE)  # "The answer is option C."
 _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?(?:/\d+)?$")
 # answer_text writes a non-integer number as its exact form then its decimal: "165/2 = 82.5" (rationals),
 # "8√3 ≈ 13.86", "tan(1) ≈ 1.56". Only those two shapes are split, so "x = 3" (an equation) stays whole.
@@ -59,16 +60,19 @@ def engine_prompt(record: dict, multiple_choice: bool = False) -> str:
     return str(record[key])
 
 
-ANSWER_FORMS = ("cot", "short")
+ANSWER_FORMS = ("cot", "short", "letter")
 
 
 def engine_target(record: dict, multiple_choice: bool = False, answer: str = "cot") -> str:
-    """The assistant turn: the chain of thought ending with the answer line (``answer="cot"``), or the
-    answer line alone (``"short"``: ``The answer is X[, which is option L].``)."""
+    """The assistant turn: the chain of thought ending with the answer line (``answer="cot"``), the
+    answer line alone (``"short"``: ``The answer is X[, which is option L].``), or for multiple choice
+    the letter alone (``"letter"``: ``The answer is option L.``; free-form questions keep the answer line)."""
     if answer not in ANSWER_FORMS:
         raise ValueError(f"engine answer form {answer!r}; forms: {ANSWER_FORMS}")
+    if answer == "letter" and multiple_choice:
+        return f"The answer is option {str(record['answer_mc']).strip().upper()}."
     text = str(record["cot_mc" if multiple_choice else "cot"])
-    return text.strip().splitlines()[-1] if answer == "short" else text
+    return text.strip().splitlines()[-1] if answer != "cot" else text
 
 
 def engine_conversation(record: dict, multiple_choice: bool = False, *, with_target: bool = True,
@@ -102,7 +106,7 @@ def extract_option(response: str, num_choices: int = 4) -> str | None:
     match = _answer_line(response)
     letter = match.group(2) if match and match.group(2) else None
     if letter is None and match:
-        option = _OPTION.search(match.group(0))
+        option = _OPTION.search(match.group(0)) or _LETTER_ONLY.match(match.group(1).strip())
         letter = option.group(1) if option else None
     if letter is not None and ord(letter.upper()) - ord("A") < num_choices:
         return letter.upper()

@@ -131,9 +131,26 @@ def generate(rng: np.random.Generator) -> dict:
     return _problem(rng, kind, expr, props, lo, hi, skill)
 
 
-# Kinds whose four orientations f(x), -f(x), f(-x), -f(-x) can all differ (cos is even and tan odd, so
-# theirs never do; log's mirror lives on the other side of its domain, which its nice inputs do not follow).
-ORIENTATION_KINDS = ("polynomial", "sin", "abs", "piecewise")
+# Curves whose orientation reads off the picture as two coarse features: which way they open (the sign
+# of the leading coefficient) and on which side of the y-axis the vertex lies.
+ORIENTATION_KINDS = ("polynomial", "abs")
+ORIENTATIONS = ("f(x)", "-f(x)", "f(-x)", "-f(-x)")
+
+
+def _orientation_base(rng, kind):
+    """A quadratic or |x| curve with its vertex off the y-axis, turned to open upward with the vertex on
+    the right: its four orientations are then up-right, down-right, up-left and down-left."""
+    for _ in range(50):
+        expr, props = make_expression(rng, kind)
+        vertex = sp.Rational(sum(props.get("roots", [])), 2) if kind == "polynomial" else props["h"]
+        if kind == "polynomial" and len(props["roots"]) != 2 or vertex == 0:
+            continue
+        if sp.limit(expr, X, sp.oo) == -sp.oo:  # opens downward: flip it
+            expr = -expr
+        if vertex < 0:
+            expr, props = sp.expand(expr.subs(X, -X)), _mirrored_props(kind, props)
+        return expr, props
+    raise RuntimeError(f"no {kind} curve with its vertex off the y-axis")  # pragma: no cover
 
 
 def _mirrored_props(kind, props):
@@ -149,21 +166,16 @@ def _mirrored_props(kind, props):
 
 
 def generate_orientation(rng: np.random.Generator) -> dict:
-    """"Which expression matches the graph?" with one curve's four orientations — f(x), -f(x), f(-x),
-    -f(-x) — as the options and the drawn one uniform among them. Without the picture or the given the
-    options carry no hint of the answer (25%), while the picture shows it at any resolution (up or down,
-    left or right): the visual-grounding probe of the toy experiments (family ``function_orientation``).
-    The given, stated in the text versions, is the drawn expression: text-rich and vision-rich twins
-    (Math-PUMA) that differ in where the answer can be read."""
+    """"Which expression matches the graph?" with one curve's four orientations as the options, always
+    listed in the same order — A opens up with its vertex right of the y-axis, B down-right, C up-left,
+    D down-left — and the drawn one uniform among them. Without the picture (or the given) nothing tells
+    the answer (25%); with it the letter is two coarse visual features that show at any resolution: the
+    visual-grounding probe of the toy experiments (family ``function_orientation``). The given, stated
+    in the text versions and boxed on the plot in the others, is the drawn expression: text-rich and
+    vision-rich twins (Math-PUMA) that differ in where the answer can be read."""
     kind = ORIENTATION_KINDS[rng.integers(len(ORIENTATION_KINDS))]
-    for _ in range(50):
-        base, props = make_expression(rng, kind)
-        variants = [base, -base, base.subs(X, -X), -base.subs(X, -X)]
-        table = sp.lambdify(X, variants, "numpy")
-        if not any(_same_function(table, j, i) for i in range(4) for j in range(i + 1, 4)):
-            break
-    else:  # pragma: no cover - a collapse 50 times in a row does not happen for these kinds
-        raise RuntimeError(f"no {kind} expression with four distinct orientations")
+    base, props = _orientation_base(rng, kind)
+    variants = [base, -base, base.subs(X, -X), -base.subs(X, -X)]
     drawn = int(rng.integers(4))
     if drawn >= 2:
         props = _mirrored_props(kind, props)
@@ -171,17 +183,15 @@ def generate_orientation(rng: np.random.Generator) -> dict:
     others = [v for i, v in enumerate(variants) if i != drawn]
     problem = _problem(rng, kind, variants[drawn], props, lo, hi, "identify", identify_options=others)
     problem["family"], problem["skill"] = "function_orientation", f"{kind}_orientation"
-    problem["spec"]["orientation"] = ["f(x)", "-f(x)", "f(-x)", "-f(-x)"][drawn]
-    # The given is the drawn expression itself (Math-PUMA's text-rich twin of a function plot): the text
-    # versions answer by matching it, the vision versions by looking at the curve (the boxed label is
-    # unreadable at the tiny model's 64 px, the curve's orientation is not).
+    problem["spec"]["orientation"] = ORIENTATIONS[drawn]
+    problem["ordered_options"] = [f"f(x) = {_pretty(v)}" for v in variants]
     f_text = problem["answer"]
     (x_lo, _), (_, y_hi) = problem["scene"]["frame"]
     problem["givens"] = [_expression_given(f_text, x_lo, y_hi)]
     problem["spec"].pop("points", None)
-    problem["cot"] = [f"The plotted curve is the graph of {f_text}.",
-                      "The other options are its reflections (upside down, left to right, or both), "
-                      "which is not the curve drawn."]
+    problem["cot"] = [f"The plotted curve opens {'downward' if drawn % 2 else 'upward'} and its vertex lies "
+                      f"{'left' if drawn >= 2 else 'right'} of the y-axis.",
+                      f"Of the options, only {f_text} has that shape."]
     return problem
 
 

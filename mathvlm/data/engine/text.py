@@ -108,8 +108,12 @@ def _numeric_slips(answer: str) -> list[str]:
 
 
 def choices(problem: dict, rng: np.random.Generator) -> tuple[list[str], int]:
-    """Four options: the answer plus typical-mistake values; returns (option texts, answer index)."""
+    """Four options: the answer plus typical-mistake values; returns (option texts, answer index).
+    A problem with ``ordered_options`` lists those, in that order (the answer among them)."""
     answer = problem["answer"]
+    if problem.get("ordered_options"):
+        texts = list(problem["ordered_options"])
+        return texts, texts.index(answer)
     picked = []
     for m in problem["mistakes"]:
         if not isinstance(m, str):

@@ -39,6 +39,10 @@ def test_options_are_the_four_orientations_and_the_drawn_one_is_uniform():
     drawn = collections.Counter(json.loads(r["spec"])["orientation"] for r in records)
     letters = collections.Counter(r["answer_mc"] for r in records)
     assert set(drawn) == {"f(x)", "-f(x)", "f(-x)", "-f(-x)"}
+    # the options are always listed in one order, so the letter is the orientation
+    for r in records:
+        assert "ABCD"["f(x) -f(x) f(-x) -f(-x)".split().index(json.loads(r["spec"])["orientation"])] == \
+            r["answer_mc"]
     assert set(letters) == set("ABCD")
     # uniform: each of 4 outcomes in 120 draws lands in [12, 48] unless something is biased
     assert all(12 <= n <= 48 for n in drawn.values()), drawn
@@ -53,7 +57,7 @@ def test_options_are_the_four_orientations_and_the_drawn_one_is_uniform():
         answer = exprs["ABCD".index(r["answer_mc"])]
         # every option is an orientation of the answer, ±answer(±x), compared at sample inputs
         orientations = [answer, -answer, answer.subs(X, -X), -answer.subs(X, -X)]
-        values = lambda e: np.array([float(e.subs(X, x)) for x in (-2.7, -0.9, 0.4, 1.3, 3.1)])
+        values = lambda e: np.array([float(e.subs(X, x)) for x in (-9.7, -5.3, -0.9, 0.4, 4.6, 8.9)])
         targets = [values(v) for v in orientations]
         for e in exprs:
             assert sum(np.allclose(values(e), t) for t in targets) == 1, (e, answer)
@@ -61,6 +65,9 @@ def test_options_are_the_four_orientations_and_the_drawn_one_is_uniform():
         drawn = options["ABCD".index(r["answer_mc"])]
         assert drawn in r["question_text_dominant"] and drawn in r["question_text_lite"]
         assert all(o not in r["question_vision_dominant"] for o in options)
+        # A opens upward with its vertex right of the y-axis: larger far out than at 0, and falling at 0
+        a = exprs[0]
+        assert float(a.subs(X, 50)) > float(a.subs(X, 0)) and float(a.subs(X, -0.01)) > float(a.subs(X, 0.01))
         checked += 1
     assert checked >= 60
 
@@ -77,6 +84,11 @@ def test_family_is_opt_in_and_short_answers_end_the_chain_of_thought():
     record = _records(1)[0]
     default = {core.make_problem(0, i)["family"] for i in range(60)}
     assert default == set(FAMILIES) and "function_orientation" not in default
+    letter = engine_prompts.engine_target(record, True, answer="letter")
+    assert letter == f"The answer is option {record['answer_mc']}."
+    assert engine_prompts.extract_option(letter) == record["answer_mc"]
+    assert engine_prompts.is_correct(record, letter, multiple_choice=True)
+    assert engine_prompts.engine_target(record, False, answer="letter") == record["cot"].splitlines()[-1]
     short = engine_prompts.engine_target(record, True, answer="short")
     assert short == record["cot_mc"].splitlines()[-1] and short.startswith("The answer is")
     assert engine_prompts.is_correct(record, short, multiple_choice=True)
