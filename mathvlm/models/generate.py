@@ -88,7 +88,14 @@ def _generate(graphdef, state, tokens, inputs_embeds, mask, rng, temperature, to
 
     def pick(logits, step):
         key = jax.random.fold_in(rng, step)
-        return sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
+
+        def sample(logits):
+            return sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
+
+        # Greedy decoding skips the sampler at run time: its vocabulary sort (for top-p) dominated
+        # every step on CPU, although its result was then discarded for argmax.
+        return jax.lax.cond(temperature > 0, sample,
+                            lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32), logits)
 
     first = pick(next_logits, 0)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)

@@ -11,6 +11,7 @@ Parameters are named with :data:`mathvlm.sharding.PARAM_AXES` only; activations 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -34,15 +35,67 @@ def fan_in_init(num_in_axes: int, num_out_axes: int, scale: float = 1.0):
         out_axis=tuple(range(num_in_axes, num_in_axes + num_out_axes)))
 
 
-def contract(x: jax.Array, kernel: jax.Array, num_in_axes: int, dtype, out_dtype=None) -> jax.Array:
+def contract(x: jax.Array, kernel: jax.Array, num_in_axes: int, dtype, out_dtype=None,
+             grad_dtype=None) -> jax.Array:
     """Contract the last ``num_in_axes`` axes of ``x`` with the first ones of ``kernel``.
 
     Inputs are cast to ``dtype`` and accumulated in float32 (on CPU and TPU bf16×bf16→f32 is both the
-    fast and the accurate path), then cast to ``out_dtype`` (default ``dtype``)."""
-    dims = (tuple(range(x.ndim - num_in_axes, x.ndim)), tuple(range(num_in_axes)))
-    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (dims, ((), ())),
+    fast and the accurate path), then cast to ``out_dtype`` (default ``dtype``).
+
+    With a low-precision ``dtype`` the backward pass is written out (:func:`_contract_lowp`) so its two
+    matmuls also take ``dtype`` operands: autodiff would feed them the float32 cotangent of the
+    float32 accumulator, and XLA's CPU backend then runs them as float32 matmuls at about half the
+    speed (bench notes). The cotangent of a ``dtype`` output is ``dtype``-valued anyway, so this is
+    exact; for a wider ``out_dtype`` (float32 logits) it is rounded to ``grad_dtype`` (default: kept
+    in float32, as autodiff does; ``dtype`` rounds it like PyTorch autocast)."""
+    dtype = jnp.dtype(dtype)
+    out_dtype = jnp.dtype(out_dtype or dtype)
+    if dtype.itemsize >= 4 or not jnp.issubdtype(dtype, jnp.floating):
+        dims = (tuple(range(x.ndim - num_in_axes, x.ndim)), tuple(range(num_in_axes)))
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (dims, ((), ())),
+                                preferred_element_type=jnp.float32)
+        return y.astype(out_dtype)
+    grad_dtype = dtype if out_dtype == dtype else jnp.dtype(grad_dtype or jnp.float32)
+    return _contract_lowp(x, kernel, num_in_axes, dtype, out_dtype, grad_dtype)
+
+
+def _contract_dims(x_ndim: int, k_ndim: int, n: int):
+    """dot_general dimension numbers of ``y = x·k``, ``dx = g·kᵀ`` and ``dk = xᵀ·g``."""
+    batch = tuple(range(x_ndim - n))                        # x's leading (kept) axes
+    fwd = ((tuple(range(x_ndim - n, x_ndim)), tuple(range(n))), ((), ()))
+    g_out = tuple(range(x_ndim - n, x_ndim - n + k_ndim - n))  # g's output axes
+    dx = ((g_out, tuple(range(n, k_ndim))), ((), ()))
+    dk = ((batch, batch), ((), ()))
+    return fwd, dx, dk
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _contract_lowp(x, kernel, n, dtype, out_dtype, grad_dtype):
+    fwd, _, _ = _contract_dims(x.ndim, kernel.ndim, n)
+    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), fwd,
                             preferred_element_type=jnp.float32)
-    return y.astype(out_dtype or dtype)
+    return y.astype(out_dtype)
+
+
+def _contract_lowp_fwd(x, kernel, n, dtype, out_dtype, grad_dtype):
+    xc, kc = x.astype(dtype), kernel.astype(dtype)
+    fwd, _, _ = _contract_dims(x.ndim, kernel.ndim, n)
+    y = jax.lax.dot_general(xc, kc, fwd, preferred_element_type=jnp.float32).astype(out_dtype)
+    # Zero-size dtype markers carry the primal dtypes to the backward pass.
+    return y, (xc, kc, jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))
+
+
+def _contract_lowp_bwd(n, dtype, out_dtype, grad_dtype, res, g):
+    xc, kc, x_marker, k_marker = res
+    _, dx_dims, dk_dims = _contract_dims(xc.ndim, kc.ndim, n)
+    g = g.astype(grad_dtype)
+    dx = jax.lax.dot_general(g, kc, dx_dims, preferred_element_type=jnp.float32)
+    dk = jax.lax.dot_general(xc, g, dk_dims, preferred_element_type=jnp.float32)
+    # The same roundings as autodiff through ``astype(dtype)``: both gradients pass through ``dtype``.
+    return (dx.astype(dtype).astype(x_marker.dtype), dk.astype(dtype).astype(k_marker.dtype))
+
+
+_contract_lowp.defvjp(_contract_lowp_fwd, _contract_lowp_bwd)
 
 
 class Dense(nnx.Module):
@@ -50,11 +103,13 @@ class Dense(nnx.Module):
 
     ``axes`` names every kernel axis (e.g. ``("embed", "mlp")`` or ``("embed", "heads", "head_dim")``);
     the bias takes the names of the output axes. ``dtype`` is the compute dtype (None: the param dtype).
+    ``grad_dtype``: the dtype the backward matmuls round a float32 ``out_dtype`` result's gradient to
+    (see :func:`contract`; None keeps it float32).
     """
 
     def __init__(self, in_features: int | Sequence[int], out_features: int | Sequence[int], *,
                  axes: Sequence[str], use_bias: bool = False, dtype=None,
-                 param_dtype=jnp.float32, kernel_init=None, rngs: nnx.Rngs):
+                 param_dtype=jnp.float32, kernel_init=None, grad_dtype=None, rngs: nnx.Rngs):
         self.in_shape = _shape(in_features)
         self.out_shape = _shape(out_features)
         axes = tuple(axes)
@@ -67,11 +122,13 @@ class Dense(nnx.Module):
         self.bias = (nnx.Param(jnp.zeros(self.out_shape, param_dtype),
                                out_sharding=axes[len(self.in_shape):]) if use_bias else None)
         self.dtype = dtype
+        self.grad_dtype = grad_dtype
 
     def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
         """``out_dtype`` overrides the result dtype (float32 logits from a bf16 model)."""
         dtype = self.dtype or self.kernel.dtype
-        y = contract(x, self.kernel[...], len(self.in_shape), dtype, out_dtype)
+        y = contract(x, self.kernel[...], len(self.in_shape), dtype, out_dtype,
+                     getattr(self, "grad_dtype", None))
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         return y
