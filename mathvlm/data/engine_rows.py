@@ -63,7 +63,7 @@ def _pair_member(record: dict, side: str) -> dict:
     listed = "\n".join(f"{'ABCD'[i]}. {c}" for i, c in enumerate(engine_prompts.choice_list(record)))
     return {"id": f"{record['id']}/{side}", "question": question, "has_image": 1,
             "question_mc": f"{question}\nPick one of the options below.\n{listed}",
-            "cot": record["cot"], "cot_mc": record["cot_mc"]}
+            "cot": record["cot"], "cot_mc": record["cot_mc"], "answer_mc": record["answer_mc"]}
 
 
 @registry.register("source", "engine_vlm")

@@ -113,3 +113,18 @@ def test_engine_vlm_rows_with_short_answers_and_several_versions():
     with pytest.raises(ValueError, match="data.answer"):
         engine_rows.EngineVLMSource(ConfigDict({**config.to_dict(), "answer": "essay"}), seed=0,
                                     tokenizer=load_tokenizer("engine"))
+
+
+def test_pair_rows_take_the_letter_answer_form():
+    """Math-PUMA pairs: both members answer with the same letter line."""
+    from mathvlm.data.text import load_tokenizer
+
+    config = ConfigDict({"source": "engine_vlm", "task": "pairs", "families": FAMILY, "answer": "letter",
+                         "multiple_choice": 1.0, "tokenizer": "engine", "template": "plain", "seq_len": 400,
+                         "image_size": 64, "num_image_tokens": 64, "render_size": 64})
+    tokenizer = load_tokenizer("engine")
+    row = engine_rows.EngineVLMSource(config, seed=0, tokenizer=tokenizer)[0]
+    record = core.make_record(0, 0, kind="pairs", image_size=64, families=FAMILY)
+    targets = {side: tokenizer.decode([int(t) for t in np.asarray(row[f"{side}_targets"])[
+        np.asarray(row[f"{side}_loss_mask"]) > 0]]) for side in ("strong", "weak")}
+    assert targets["strong"] == targets["weak"] == f"The answer is option {record['answer_mc']}."
