@@ -317,9 +317,15 @@ def test_the_unsafe_use_scanner_finds_what_it_looks_for():
     assert unsafe_uses(ok) == []
 
 
-# The one opt-in network use: the GPT-style judge of the MathVerse evaluator, off unless a config names
-# an endpoint (``judge=``); training and the default evaluation never import it (see the offline test).
-_OPT_IN_NETWORK = {("mathvlm/eval/judge.py", "import urllib.request"), ("mathvlm/eval/judge.py", "urlopen(...)")}
+# The opt-in network uses: the GPT-style judge of the MathVerse evaluator, off unless a config names an
+# endpoint (``judge=``), and the augmentation client of ``python -m mathvlm.data.augment``, off unless
+# ``--client-config`` names one; training and the default evaluation import neither (see the offline
+# test). And one torch import: the benchmark's transformers baseline (``mathvlm.bench``), loading no
+# files — torch stays a test extra that the rest of the package never imports.
+_OPT_IN_NETWORK = {("mathvlm/eval/judge.py", "import urllib.request"), ("mathvlm/eval/judge.py", "urlopen(...)"),
+                   ("mathvlm/data/llm_client.py", "import urllib.request"),
+                   ("mathvlm/data/llm_client.py", "urlopen(...)"),
+                   ("mathvlm/bench/common.py", "import torch")}
 
 
 def test_no_pickle_remote_code_or_network_in_the_code():
