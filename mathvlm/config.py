@@ -173,31 +173,32 @@ def set_value(config: ConfigDict, key: str, value: Any) -> None:
     line's, see :func:`override`); an unknown key or a wrongly typed value raises ConfigError."""
     if isinstance(value, str):
         return override(config, key, value)
-    *parents, leaf = key.split(".")
-    node = config
-    for depth, name in enumerate(parents):
-        _require_key(node, name, ".".join(parents[:depth]), key)
-        node = node[name]
-    _require_key(node, leaf, ".".join(parents), key)
-    try:
-        node[leaf] = tuple(value) if isinstance(value, list) else value
-    except TypeError as e:  # ml_collections' own type safety
-        raise ConfigError(f"config key {key!r}: {e}") from None
+    node, leaf = _parent_of(config, key)
+    _assign(node, leaf, tuple(value) if isinstance(value, list) else value, key)
 
 
 def override(config: ConfigDict, key: str, text: str) -> None:
     """Set dotted ``key`` from its command-line ``text``, type-checked against the current value."""
+    node, leaf = _parent_of(config, key)
+    current = node[leaf]
+    if isinstance(current, ConfigDict):
+        raise ConfigError(f"--config.{key} names a group, not a value; set one of its keys: "
+                          f"{', '.join(sorted(current.keys()))}")
+    _assign(node, leaf, _convert(text, current, f"config key {key!r}"), key)
+
+
+def _parent_of(config: ConfigDict, key: str) -> tuple[ConfigDict, str]:
+    """The group holding dotted ``key`` and the key's last part; every part must already exist."""
     *parents, leaf = key.split(".")
     node = config
     for depth, name in enumerate(parents):
         _require_key(node, name, ".".join(parents[:depth]), key)
         node = node[name]
     _require_key(node, leaf, ".".join(parents), key)
-    current = node[leaf]
-    if isinstance(current, ConfigDict):
-        raise ConfigError(f"--config.{key} names a group, not a value; set one of its keys: "
-                          f"{', '.join(sorted(current.keys()))}")
-    value = _convert(text, current, f"config key {key!r}")
+    return node, leaf
+
+
+def _assign(node: ConfigDict, leaf: str, value: Any, key: str) -> None:
     try:
         node[leaf] = value
     except TypeError as e:  # ml_collections' own type safety
