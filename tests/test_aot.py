@@ -11,15 +11,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU_PYTHON = os.path.join(ROOT, ".venv-tpu", "bin", "python")
 
 
+def aot_compile(*args: str) -> subprocess.CompletedProcess:
+    """``launch/aot_compile.py ARGS`` in the TPU environment, from the repository root."""
+    return subprocess.run([TPU_PYTHON, "launch/aot_compile.py", *args], check=False, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.skipif(not os.path.exists(TPU_PYTHON),
                     reason="no .venv-tpu (python3 -m venv .venv-tpu && .venv-tpu/bin/pip install -r "
                            "requirements-tpu.txt)")
 def test_tiny_recipe_compiles_for_v5e_with_fsdp():
-    proc = subprocess.run(
-        [TPU_PYTHON, "launch/aot_compile.py", "--config", "configs/math_puma/text_sft.py:size=tiny",
-         "--topology", "v5e:2x2", "--batch", "8", "--seq", "64",
-         "--set", "mesh.data=1", "--set", "mesh.fsdp=-1"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = aot_compile(
+        "--config", "configs/math_puma/text_sft.py:size=tiny",
+        "--topology", "v5e:2x2", "--batch", "8", "--seq", "64",
+        "--set", "mesh.data=1", "--set", "mesh.fsdp=-1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["devices"] == 4 and result["device_kind"].startswith("TPU")
@@ -33,11 +38,10 @@ def test_tiny_recipe_compiles_for_v5e_with_fsdp():
 def test_tiny_vlm_recipe_compiles_for_v5e_with_frozen_tower_and_images():
     """A VLM recipe (MAVIS instruct, tiny): image tower, projector and decoder, images in the batch,
     the recipe's trainable parameters (projector + decoder; the tower frozen)."""
-    proc = subprocess.run(
-        [TPU_PYTHON, "launch/aot_compile.py", "--config", "configs/mavis/instruct.py:size=tiny",
-         "--topology", "v5litepod-4", "--batch", "8", "--seq", "128",
-         "--set", "mesh.data=1", "--set", "mesh.fsdp=-1"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = aot_compile(
+        "--config", "configs/mavis/instruct.py:size=tiny",
+        "--topology", "v5litepod-4", "--batch", "8", "--seq", "128",
+        "--set", "mesh.data=1", "--set", "mesh.fsdp=-1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["topology"] == "v5e:2x2" and result["devices"] == 4
@@ -49,10 +53,9 @@ def test_tiny_vlm_recipe_compiles_for_v5e_with_frozen_tower_and_images():
 
 @pytest.mark.skipif(not os.path.exists(TPU_PYTHON), reason="no .venv-tpu")
 def test_vlm_presets_must_match_the_recipes_images():
-    proc = subprocess.run(
-        [TPU_PYTHON, "launch/aot_compile.py", "--config", "configs/mavis/instruct.py:size=tiny",
-         "--topology", "v5e:2x2", "--vlm", "clip-vit-l-14-336:vicuna-13b"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = aot_compile(
+        "--config", "configs/mavis/instruct.py:size=tiny",
+        "--topology", "v5e:2x2", "--vlm", "clip-vit-l-14-336:vicuna-13b")
     assert proc.returncode != 0
     assert "data.image_size=64 but clip-vit-l-14-336 takes 336-px images" in proc.stderr
 
@@ -60,10 +63,9 @@ def test_vlm_presets_must_match_the_recipes_images():
 @pytest.mark.skipif(not os.path.exists(TPU_PYTHON), reason="no .venv-tpu")
 def test_a_step_that_does_not_fit_fails_clearly_naming_the_buffers():
     # A tiny decoder, but 8192 × 2048 rows: the f32 logits alone are 16 GiB per v5e chip.
-    proc = subprocess.run(
-        [TPU_PYTHON, "launch/aot_compile.py", "--config", "configs/math_puma/text_sft.py:size=tiny",
-         "--topology", "v5e:2x2", "--batch", "8192", "--seq", "2048"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = aot_compile(
+        "--config", "configs/math_puma/text_sft.py:size=tiny",
+        "--topology", "v5e:2x2", "--batch", "8192", "--seq", "2048")
     assert proc.returncode == 3, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["fits"] is False and result["needed_gib"] > result["hbm_limit_gib"] > 10
