@@ -25,6 +25,10 @@ import re
 import sys
 import time
 
+# Compiling for a topology touches no TPU, so several compiles may run at once (parallel tests, a sweep
+# of topologies); libtpu's one-process lockfile would otherwise abort all but the first.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 # Appended, not prepended: launch/multiprocess.py must not shadow the PyPI package of that name.
