@@ -25,7 +25,7 @@ from mathvlm import config as mc
 from mathvlm import recipes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FAMILIES = ("function_orientation",)
+FAMILIES = ("function_shape",)
 
 
 def get_config(arg=None):
@@ -41,7 +41,7 @@ def get_config(arg=None):
         recipes.engine_blind_eval(("vision_dominant",), arg.eval_examples, FAMILIES, mode="shuffled"),
     )
     config = mc.defaults()
-    config.name = "experiment: visual grounding on function_orientation problems"
+    config.name = "experiment: visual grounding on function_shape problems"
     config.job = "chain"
     config.config_dir = os.path.dirname(HERE)
     config.stages = (

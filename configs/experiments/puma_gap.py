@@ -8,7 +8,7 @@ finished stages back instead of retraining) with two branches from its instructi
 ``steps`` steps with the same trainable parameters (image tower + projector, Math-PUMA stage 2), data
 and learning rate:
 
-* ``puma_kl``  — Math-PUMA stage 2 on text-rich / vision-rich pairs of ``function_orientation``
+* ``puma_kl``  — Math-PUMA stage 2 on text-rich / vision-rich pairs of ``function_shape``
   problems: (1 − λ)·CE(vision-rich) + λ·KL(text-rich ‖ vision-rich), λ = 0.1;
 * ``ntp_weak`` — next-token CE on the vision-rich members alone (the same questions and pictures).
 
@@ -23,7 +23,7 @@ from mathvlm import config as mc
 from mathvlm import recipes
 
 GROUNDING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grounding.py")
-FAMILIES = ("function_orientation",)
+FAMILIES = ("function_shape",)
 
 
 def get_config(arg=None):

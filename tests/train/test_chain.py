@@ -112,7 +112,7 @@ def test_a_preempted_stage_stops_the_chain(tmp_path):
 def test_stage_set_changes_recipe_keys_and_rejects_unknown_ones(tmp_path):
     config = mc.load(os.path.join(ROOT, "configs", "experiments", "grounding.py"))
     instruct = stage_config(dict(config.stages[2]), str(tmp_path), os.path.join(ROOT, "configs"))
-    assert instruct.data.families == ("function_orientation",) and instruct.data.answer == "letter"
+    assert instruct.data.families == ("function_shape",) and instruct.data.answer == "letter"
     assert instruct.eval.evaluators[1]["blind"] and instruct.eval.max_new_tokens == 64
     assert instruct.init.checkpoint == os.path.join(str(tmp_path), "align")
     bad = {"name": "x", "config": "mavis/instruct.py:size=tiny", "set": {"data.familes": ("function",)}}

@@ -17,9 +17,10 @@ import numpy as np
 import sympy as sp
 
 FAMILIES = ("plane_geometry", "analytic_geometry", "function")
-# Opt-in families (``data.families``), never in the default mix: ``function_orientation`` asks which of a
-# curve's four orientations is drawn, the visual-grounding probe of the toy experiments.
-PROBE_FAMILIES = ("function_orientation",)
+# Opt-in families (``data.families``), never in the default mix: the visual-grounding probes of the toy
+# experiments. ``function_orientation`` asks which of a curve's four orientations is drawn,
+# ``function_shape`` which kind of curve (line, parabola, |x|, sine) is.
+PROBE_FAMILIES = ("function_orientation", "function_shape")
 ALL_FAMILIES = FAMILIES + PROBE_FAMILIES
 # The seed range of each split: the train split uses ``seed``, held-out uses ``seed + HELDOUT_OFFSET``; with
 # seeds below 10**6 the ranges never meet.

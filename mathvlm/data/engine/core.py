@@ -19,7 +19,8 @@ from mathvlm.data.engine.common import ALL_FAMILIES, FAMILIES, HELDOUT_OFFSET, n
 from mathvlm.data.engine.render import draw_scene, random_style, render_scene  # noqa: F401 (re-exported)
 
 _GENERATORS = {"plane_geometry": geometry.generate, "analytic_geometry": analytic.generate,
-               "function": functions.generate, "function_orientation": functions.generate_orientation}
+               "function": functions.generate, "function_orientation": functions.generate_orientation,
+               "function_shape": functions.generate_shape}
 _STREAM = {"family": 0, "problem": 1, "style": 2, "text": 3, "version": 4}
 KINDS = ("caption", "instruct", "pairs")
 IMAGE_SIZES = (224, 280, 336, 384, 448)

@@ -181,17 +181,56 @@ def generate_orientation(rng: np.random.Generator) -> dict:
         props = _mirrored_props(kind, props)
     lo, hi = _domain(kind, props)
     others = [v for i, v in enumerate(variants) if i != drawn]
-    problem = _problem(rng, kind, variants[drawn], props, lo, hi, "identify", identify_options=others)
+    problem = _problem(rng, kind, variants[drawn], props, lo, hi, "identify", identify_options=others,
+                       with_points=False)
     problem["family"], problem["skill"] = "function_orientation", f"{kind}_orientation"
     problem["spec"]["orientation"] = ORIENTATIONS[drawn]
     problem["ordered_options"] = [f"f(x) = {_pretty(v)}" for v in variants]
     f_text = problem["answer"]
-    (x_lo, _), (_, y_hi) = problem["scene"]["frame"]
-    problem["givens"] = [_expression_given(f_text, x_lo, y_hi)]
-    problem["spec"].pop("points", None)
     problem["cot"] = [f"The plotted curve opens {'downward' if drawn % 2 else 'upward'} and its vertex lies "
                       f"{'left' if drawn >= 2 else 'right'} of the y-axis.",
                       f"Of the options, only {f_text} has that shape."]
+    return problem
+
+
+# The curve kinds of ``function_shape``, in the order its options list them (A line … D sine wave).
+SHAPES = ("line", "parabola", "abs", "sine")
+
+
+def _shape_variants(a, h, k):
+    """``a·g(x − h) + k`` for g = identity, square, |·| and sin: one set of numbers, four curve kinds."""
+    u = X - h
+    return [a * u + k, a * u ** 2 + k, a * sp.Abs(u) + k, a * sp.sin(u) + k]
+
+
+def generate_shape(rng: np.random.Generator) -> dict:
+    """"Which expression matches the graph?" with the options ``a·g(x − h) + k`` for one ``(a, h, k)`` and
+    g a line, a parabola, |x| and a sine wave, always in that order, the drawn one uniform among them. The
+    question names no kind ("a function f"), so without the picture (or the given) a model scores 25%;
+    with it the letter is the kind of curve, which every stretch of the curve shows (a straight run, a
+    bend, a corner, a wave) wherever it lies on the plot — a feature a small image tower pools easily,
+    unlike ``function_orientation``'s, which lives in where the vertex sits. The visual-grounding probe of
+    the toy experiments (family ``function_shape``); the given, stated in the text versions and boxed on
+    the plot in the others, is the drawn expression."""
+    a = sp.Integer(_nz(rng, -2, 2))
+    h, k = int(rng.integers(-3, 4)), int(rng.integers(-3, 4))
+    variants = _shape_variants(a, h, k)
+    drawn = int(rng.integers(len(SHAPES)))
+    kind, props = {"line": ("polynomial", {"roots": []}),
+                   "parabola": ("polynomial", {"roots": [h, h]}),
+                   "abs": ("abs", {"h": h, "k": k}),
+                   "sine": ("sin", {"amplitude": abs(int(a)), "b": sp.Integer(1), "d": k})}[SHAPES[drawn]]
+    others = [v for i, v in enumerate(variants) if i != drawn]
+    problem = _problem(rng, kind, variants[drawn], props, -7.0, 7.0, "identify", identify_options=others,
+                       with_points=False)
+    problem["family"], problem["skill"] = "function_shape", f"{SHAPES[drawn]}_shape"
+    problem["spec"]["shape"] = SHAPES[drawn]
+    problem["description"] = ["the graph of a function f is drawn"]
+    problem["ordered_options"] = [f"f(x) = {_pretty(v)}" for v in variants]
+    shape_words = {"line": "a straight line", "parabola": "a parabola", "abs": "a V with a sharp corner",
+                   "sine": "a wave"}
+    problem["cot"] = [f"The plotted curve is {shape_words[SHAPES[drawn]]}.",
+                      f"Of the options, only {problem['answer']} has that shape."]
     return problem
 
 
@@ -201,9 +240,11 @@ def _expression_given(f_text, x_lo, y_hi):
                       "layer": "given:0", "accent": True, "small": True}])
 
 
-def _problem(rng, kind, expr, props, lo, hi, skill, identify_options=None) -> dict:
+def _problem(rng, kind, expr, props, lo, hi, skill, identify_options=None, with_points=True) -> dict:
     """The problem asking ``skill`` about the graph of ``expr`` on [lo, hi]; ``identify_options`` replaces
-    the usual distractors of "which expression" (sign flip, mirror image, shifts, stretch)."""
+    the usual distractors of "which expression" (sign flip, mirror image, shifts, stretch).
+    ``with_points=False``: "which expression" keeps the expression itself as its given (the probe
+    families, whose options differ in a shape the plot shows) instead of two marked points."""
     spec = {"kind": kind, "expr": sp.srepr(expr), "skill": skill}
     f_text = f"f(x) = {_pretty(expr)}"
     x0 = _pick_x(rng, kind, props, lo, hi)
@@ -311,7 +352,7 @@ def _problem(rng, kind, expr, props, lo, hi, skill, identify_options=None) -> di
         prims.append({"kind": "text", "pt": pt, "text": f"({fmt(mx)}, {fmt(my)})", "dir": direction,
                       "small": True, "layer": "base", "accent": True})
     givens = [_expression_given(f_text, x_lo, y_hi)]
-    if skill == "identify":
+    if skill == "identify" and with_points:
         # The expression is the answer, so the conditions are two points of the graph chosen to tell it
         # apart from every distractor; like any given they are stated in the text versions and drawn (dot and
         # coordinates) in the vision versions, so the versions differ as they do for the other questions.
