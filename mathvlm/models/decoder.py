@@ -7,7 +7,8 @@
 * ``remat`` — recompute each block's activations in the backward pass.
 * ``dtype`` — compute dtype (e.g. bfloat16) independent of ``param_dtype`` (e.g. float32).
 
-KV cache (for :mod:`mathvlm.models.generate`): ``cache = model.init_cache(batch, max_length)``, then
+KV cache (for :mod:`mathvlm.models.generate`): ``cache = model.init_cache(batch, max_length)``
+(``k``/``v`` ``[layers, batch, kv_heads, max_length, head_dim]``, 16-bit floats stored as bits), then
 ``logits, cache = model(tokens, attention_mask=mask, cache=cache)`` appends the chunk at the cache's
 write slot. ``attention_mask`` always covers the tokens of *this call* (1 = real token, 0 = pad); the
 cache remembers which of its slots are real, so padding may sit anywhere (left, right, inside).
@@ -29,6 +30,7 @@ from mathvlm.models.layers import (
     Embedding,
     RMSNorm,
     SwiGLU,
+    cache_storage_dtype,
     check_rope_scaling,
     positions_from_mask,
     positions_in_segments,
@@ -143,17 +145,18 @@ class Block(nnx.Module):
         self.post_attn_norm = RMSNorm(c.hidden_size, eps=c.rms_eps, **kw)
         self.mlp = SwiGLU(c.hidden_size, c.intermediate_size, rngs=rngs, **kw)
 
-    def __call__(self, h, positions, key_valid, query_slots, kv_cache=None, cache_index=None):
+    def __call__(self, h, positions, key_valid, query_slots, kv_cache=None, cache_index=None,
+                 layer=0):
         attn_out, kv_cache = self.attn(self.input_norm(h), positions=positions, key_valid=key_valid,
                                        query_slots=query_slots, kv_cache=kv_cache,
-                                       cache_index=cache_index)
+                                       cache_index=cache_index, layer=layer)
         h = constrain(h + attn_out, ("batch", "length", "act_embed"))
         h = constrain(h + self.mlp(self.post_attn_norm(h)), ("batch", "length", "act_embed"))
         return h, kv_cache
 
 
-def _run_block(block, h, positions, key_valid, query_slots, kv_cache, cache_index):
-    return block(h, positions, key_valid, query_slots, kv_cache, cache_index)
+def _run_block(block, h, positions, key_valid, query_slots, kv_cache, cache_index, layer=0):
+    return block(h, positions, key_valid, query_slots, kv_cache, cache_index, layer)
 
 
 _run_block_remat = nnx.remat(_run_block)
@@ -181,11 +184,17 @@ class DecoderLM(nnx.Module):
         return self.embed_tokens(tokens)
 
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> dict:
-        """An empty KV cache: ``k``/``v`` ``[layers, batch, max_length, kv_heads, head_dim]``, ``valid``
-        ``[batch, max_length]`` (slots holding real tokens) and ``index`` (the next write slot)."""
+        """An empty KV cache: ``k``/``v`` ``[layers, batch, kv_heads, max_length, head_dim]``, ``valid``
+        ``[batch, max_length]`` (slots holding real tokens) and ``index`` (the next write slot).
+
+        A cache in the compute dtype holds 16-bit floats as raw bits (uint16, see
+        :func:`~mathvlm.models.layers.cache_storage_dtype`) so that CPU decoding updates it in place."""
         c = self.config
-        shape = (c.num_layers, batch_size, max_length, c.num_kv_heads, c.head_dim)
-        dtype = dtype or c.compute_dtype
+        shape = (c.num_layers, batch_size, c.num_kv_heads, max_length, c.head_dim)
+        dtype = jnp.dtype(dtype or c.compute_dtype)
+        # Bits are read back as the compute dtype, so only a cache in that dtype may store bits.
+        if dtype == c.compute_dtype:
+            dtype = cache_storage_dtype(dtype)
         return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
                 "valid": jnp.zeros((batch_size, max_length), bool), "index": jnp.zeros((), jnp.int32)}
 
@@ -267,20 +276,18 @@ class DecoderLM(nnx.Module):
         c = self.config
         if c.scan_layers:
             return _scan_blocks(self.layers, h, positions, key_valid, query_slots, cache, cache_index,
-                                remat=c.remat)
+                                remat=c.remat, num_layers=c.num_layers)
         run = _run_block_remat if c.remat else _run_block
         if cache is None:
             for block in self.layers:
                 h, _ = run(block, h, positions, key_valid, query_slots, None, cache_index)
             return h, None
-        # Each layer's slice of the cache is written back into the whole [layers, ...] buffer (an
-        # in-place update inside the decoding loop) rather than stacked anew every step.
-        k_all, v_all = cache["k"], cache["v"]
+        # Every layer writes its slot straight into the whole [layers, ...] buffers (in place inside
+        # the decoding loop; see mathvlm.models.layers.cache_write).
+        kv = (cache["k"], cache["v"])
         for i, block in enumerate(self.layers):
-            h, (k, v) = run(block, h, positions, key_valid, query_slots, (k_all[i], v_all[i]),
-                            cache_index)
-            k_all, v_all = k_all.at[i].set(k), v_all.at[i].set(v)
-        return h, (k_all, v_all)
+            h, kv = run(block, h, positions, key_valid, query_slots, kv, cache_index, i)
+        return h, kv
 
 
 def _stacked_blocks(config: DecoderConfig, rngs: nnx.Rngs) -> Block:
@@ -294,20 +301,23 @@ def _stacked_blocks(config: DecoderConfig, rngs: nnx.Rngs) -> Block:
     return make(rngs)
 
 
-def _scan_blocks(blocks: Block, h, positions, key_valid, query_slots, cache, cache_index, *, remat):
+def _scan_blocks(blocks: Block, h, positions, key_valid, query_slots, cache, cache_index, *, remat,
+                 num_layers):
     """Run stacked blocks with ``jax.lax.scan``: layer ``i`` sees slice ``i`` of every parameter and
-    of the KV cache."""
+    writes layer ``i`` of the KV cache, which rides in the carry (updated in place, not re-stacked)."""
     graphdef, state = nnx.split(blocks)
 
-    def body(h, xs):
-        layer_state, kv = xs
+    def body(carry, xs):
+        h, kv = carry
+        layer_state, layer = xs
         block = nnx.merge(graphdef, layer_state)
-        return block(h, positions, key_valid, query_slots, kv, cache_index)
+        return block(h, positions, key_valid, query_slots, kv, cache_index, layer), None
 
     if remat:
         body = jax.checkpoint(body)
     kv = None if cache is None else (cache["k"], cache["v"])
-    return jax.lax.scan(body, h, (state, kv))
+    layers = None if cache is None else jnp.arange(num_layers)
+    return jax.lax.scan(body, (h, kv), (state, layers))[0]
 
 
 @registry.register("model", "decoder_lm")

@@ -301,8 +301,9 @@ class Attention(nnx.Module):
     """Grouped-query self-attention with rotary positions.
 
     Kernels: q ``(embed, heads, head_dim)``, k/v ``(embed, kv_heads, head_dim)``, o ``(heads, head_dim,
-    embed)``. With ``kv_cache=(k, v)`` of shape ``[batch, cache_len, kv_heads, head_dim]`` the new keys
-    and values are written at slot ``cache_index`` and attention runs over the whole cache.
+    embed)``. With ``kv_cache=(k, v)``, every layer's cache ``[layers, batch, kv_heads, cache_len,
+    head_dim]`` (see :func:`cache_write`), the new keys and values are written at slot ``cache_index`` of
+    layer ``layer`` and attention runs over that layer's whole cache.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
@@ -328,7 +329,8 @@ class Attention(nnx.Module):
         self.rope_scaling = None if scaling is None else tuple(sorted(scaling.items()))
         self.sliding_window = sliding_window
 
-    def __call__(self, x, *, positions, key_valid, query_slots, kv_cache=None, cache_index=None):
+    def __call__(self, x, *, positions, key_valid, query_slots, kv_cache=None, cache_index=None,
+                 layer=0):
         """``x [batch, length, embed]`` → (out, new ``(k, v)`` cache or None).
 
         ``key_valid [batch, k_len]`` marks real tokens among the keys (the cache slots when cached)."""
@@ -337,32 +339,75 @@ class Attention(nnx.Module):
         k = apply_rope(self.k_proj(x), cos, sin)
         v = self.v_proj(x)
         q = constrain(q, ("batch", "length", "act_heads", None))
-        new_cache = None
-        if kv_cache is not None:
-            cache_k, cache_v = kv_cache
-            k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), cache_index, axis=1)
-            new_cache = (k, v)
         mask = attention_mask(query_slots, key_valid, self.sliding_window)
-        out = grouped_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        if kv_cache is None:
+            out = grouped_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+            return self.o_proj(out), None
+        new_cache = tuple(cache_write(c, x, layer, cache_index) for c, x in zip(kv_cache, (k, v)))
+        # float32 keys/values (exact): XLA's CPU backend upcasts these batched dots anyway, and some
+        # bf16 x bf16 -> f32 ones it leaves alone fail at run time ("Unsupported element type for
+        # DotThunk"). grouped_attention still rounds the probabilities to q's dtype, like HF.
+        k, v = (cache_read(c, layer, q.dtype).astype(jnp.float32) for c in new_cache)
+        out = grouped_attention(q, k, v, mask, kv_heads_first=True)
         return self.o_proj(out), new_cache
 
 
-def grouped_attention(q, k, v, mask):
-    """Softmax attention of ``q [b, lq, heads, d]`` over ``k, v [b, lk, kv_heads, d]``.
+# ---------------------------------------------------------------------------------------- KV cache
+# One buffer per k/v for all layers, ``[layers, batch, kv_heads, length, head_dim]``: a layer's keys are
+# contiguous per (row, head), so attention reads them without a transpose, and each step writes one
+# slot of the whole buffer with a dynamic_update_slice that XLA does in place. (Slicing a layer out,
+# updating it and writing it back with ``.at[i].set`` copied the layer, about 10x slower at batch 8.)
+
+def cache_storage_dtype(dtype) -> jnp.dtype:
+    """The dtype a KV cache of ``dtype`` values is stored in: 16-bit floats as their raw bits
+    (uint16). XLA's CPU backend computes a bf16/f16 dynamic_update_slice in float32, i.e. it converts
+    and rewrites the whole cache buffer at every write; on integers the update stays in place."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+        return jnp.dtype(f"uint{8 * dtype.itemsize}")
+    return dtype
+
+
+def cache_write(cache: jax.Array, new: jax.Array, layer, index) -> jax.Array:
+    """``cache [layers, batch, kv_heads, length, head_dim]`` with ``new [batch, n, kv_heads, head_dim]``
+    written at ``cache[layer, :, :, index:index + n]`` (as raw bits if the cache stores bits)."""
+    new = jnp.swapaxes(new, 1, 2)[None]
+    if jnp.issubdtype(cache.dtype, jnp.unsignedinteger):
+        new = jax.lax.bitcast_convert_type(new, cache.dtype)
+    else:
+        new = new.astype(cache.dtype)
+    zero = jnp.zeros((), jnp.int32)
+    start = (jnp.asarray(layer, jnp.int32), zero, zero, jnp.asarray(index, jnp.int32), zero)
+    return jax.lax.dynamic_update_slice(cache, new, start)
+
+
+def cache_read(cache: jax.Array, layer, dtype) -> jax.Array:
+    """Layer ``layer`` of the cache, ``[batch, kv_heads, length, head_dim]`` in ``dtype`` (bits are
+    read as ``dtype``, the dtype they were written from)."""
+    x = cache[layer]
+    if jnp.issubdtype(x.dtype, jnp.unsignedinteger):
+        return jax.lax.bitcast_convert_type(x, dtype)
+    return x.astype(dtype)
+
+
+def grouped_attention(q, k, v, mask, *, kv_heads_first: bool = False):
+    """Softmax attention of ``q [b, lq, heads, d]`` over ``k, v [b, lk, kv_heads, d]`` (or
+    ``[b, kv_heads, lk, d]`` with ``kv_heads_first``, the KV-cache layout).
 
     Query heads are grouped onto their kv head instead of repeating k/v. Scores and softmax run in
-    float32; masked scores use a large finite negative so a query with no visible key (a padding slot)
-    gives a harmless uniform average instead of NaN."""
+    float32; the probabilities and the result are in q's dtype (k and v may be wider). Masked scores
+    use a large finite negative so a query with no visible key (a padding slot) gives a harmless
+    uniform average instead of NaN."""
     b, lq, heads, d = q.shape
-    kv_heads = k.shape[2]
+    kv_heads = k.shape[1 if kv_heads_first else 2]
+    kv = "bhkd" if kv_heads_first else "bkhd"
     q = q.reshape(b, lq, kv_heads, heads // kv_heads, d)
-    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(f"bqhgd,{kv}->bhgqk", q, k, preferred_element_type=jnp.float32)
     scores = scores * (d ** -0.5)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(b, lq, heads, d).astype(v.dtype)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum(f"bhgqk,{kv}->bqhgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, lq, heads, d).astype(q.dtype)
 
 
 class SwiGLU(nnx.Module):

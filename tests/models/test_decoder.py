@@ -64,7 +64,7 @@ def test_chunked_cache_equals_full_forward(saved, scan):
     got = jnp.concatenate([first, rest], axis=1)
     real = np.asarray(MASK, bool)
     np.testing.assert_allclose(np.asarray(got)[real], np.asarray(full)[real], atol=1e-5, rtol=0)
-    assert int(cache["index"]) == 10 and cache["k"].shape == (2, 2, 16, 2, 16)
+    assert int(cache["index"]) == 10 and cache["k"].shape == (2, 2, 2, 16, 16)
 
 
 def test_inputs_embeds_equal_tokens():
