@@ -29,7 +29,6 @@ import json
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
