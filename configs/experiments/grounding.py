@@ -2,13 +2,12 @@
 
     python -m mathvlm.main --config configs/experiments/grounding.py --workdir runs/grounding
 
-The problems are the engine's ``function_orientation`` family: "which expression matches the graph?"
-with a parabola's or |x| curve's four orientations as the options, always in one order (A opens up with
-its vertex right of the y-axis, B down-right, C up-left, D down-left) and the drawn one uniform among
-them. The options give no hint of the answer, so a model that ignores the picture scores 25% in
-expectation; the picture shows it even at 64 px. (With the options shuffled and the answer written out,
-the tiny model stayed at chance after 200 steps even where the text states the expression: matching
-text to options is more than it learns in this budget.) The MAVIS
+The problems are the engine's ``function_shape`` family: "which expression matches the graph?" with
+one ``a·g(x − h) + k`` written as a line, a parabola, |x| and a sine wave, always in that order (A … D),
+and the drawn kind uniform among them. The question names no kind, so a model that ignores the picture
+scores 25% in expectation; the picture shows the kind along the whole curve. (``function_orientation``,
+the first probe, asks which of a curve's four orientations is drawn: a feature of where the vertex
+sits, which the mean over image tokens loses; see ``mathvlm/experiments/image_route.py``.) The MAVIS
 stages run on them: CLIP-Math on their captions, alignment (captioning), then instruction tuning on
 multiple-choice questions answered with the letter alone (``The answer is option C.``; no chain of
 thought: at this size the budget goes to reading the picture).
@@ -16,7 +15,8 @@ thought: at this size the budget goes to reading the picture).
 After instruction tuning the held-out evaluator asks 128 problems per version; the blind evaluator asks
 the same vision-dominant problems with the pictures replaced by zeros, and a control shows each
 question the diagram of another held-out problem (in distribution, but no help). ``<workdir>/summary.md``
-has all three. ``scale=0.1`` is the CI run (direction of the effect only).
+has all three. ``scale=0.1`` runs the whole chain in a few minutes (a smoke run: no effect is asserted,
+none was found at full scale; CI checks the image route itself in ``tests/test_image_route.py``).
 """
 
 import os
