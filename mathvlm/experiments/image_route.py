@@ -17,6 +17,11 @@ carries while the text stays the same:
 * ``tint:S``  — the diagram plus ``S`` added to one colour channel chosen by the letter (the label in a
   small shift of every token).
 
+Two interventions on the VLM run: ``--tower-pretrain N`` first trains its image tower for N steps as the
+``--probe flat`` classifier (tower + linear head on the letter), and ``--standardise batch`` standardises
+the image features per token position and channel across each batch before the projector (a diagnostic:
+it makes the model's output depend on the other rows of the batch).
+
 ``--probe flat`` / ``--probe mean`` skip the decoder: the image tower plus a linear head on its flattened
 (position-aware) or mean-pooled patch features, trained on the letter as a 4-way label. The last line is one
 JSON object with the accuracy curves.
@@ -94,9 +99,30 @@ def _letter_ids(tokenizer) -> dict[int, int]:
     return ids
 
 
-def _vlm_runner(model_config, lr, steps):
+class _StandardisedTower(nnx.Module):
+    """The image tower with its features standardised across the batch (``--standardise batch``)."""
+
+    def __init__(self, tower):
+        self.tower = tower
+
+    def features(self, images, layer, strategy):
+        feats = self.tower.features(images, layer, strategy)
+        feats = feats - feats.mean(axis=0, keepdims=True)
+        return feats / (feats.std(axis=0, keepdims=True) + 1e-3)
+
+
+def _vlm_runner(model_config, lr, steps, tower_pretrain=0, pretrain_batches=None, standardise=""):
     fields = dict(model_config)
     model = registry.get("model", fields.pop("name"))(**fields, rngs=nnx.Rngs(0))
+    if tower_pretrain:
+        train_probe, _ = _probe_runner(model_config, 1e-3, "flat", tower=model.vision_tower)
+        for _ in range(tower_pretrain):
+            batch, labels = next(pretrain_batches)
+            train_probe(batch, labels)
+    if standardise == "batch":
+        model.vision_tower = _StandardisedTower(model.vision_tower)
+    elif standardise:
+        raise ValueError(f"--standardise {standardise!r}: use batch")
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(20, steps // 10 + 1), steps, lr * 0.1)
     optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=0.01), wrt=nnx.Param)
 
@@ -121,7 +147,8 @@ def _vlm_runner(model_config, lr, steps):
             lambda batch, labels: np.asarray(correct(model, batch)))
 
 
-def _probe_runner(model_config, lr, pooling):
+def _probe_runner(model_config, lr, pooling, tower=None):
+    """Image tower (``tower``, shared and trained in place, or a new one) + linear head on the letter."""
     from mathvlm.models.vit import ViT, ViTConfig
 
     vision = ViTConfig(**dict(model_config.vision))
@@ -129,7 +156,7 @@ def _probe_runner(model_config, lr, pooling):
 
     class Probe(nnx.Module):
         def __init__(self, rngs):
-            self.tower = ViT(vision, rngs=rngs)
+            self.tower = tower if tower is not None else ViT(vision, rngs=rngs)
             self.head = nnx.Linear(vision.hidden_size * (tokens if pooling == "flat" else 1), 4, rngs=rngs)
 
         def __call__(self, images):
@@ -157,7 +184,8 @@ def _probe_runner(model_config, lr, pooling):
 
 
 def run(images: str = "engine", probe: str = "", steps: int = 400, lr: float = 2e-3, eval_every: int = 50,
-        eval_batches: int = 4, family: str = "function_shape", seed: int = 0, log=print) -> dict:
+        eval_batches: int = 4, family: str = "function_shape", seed: int = 0, tower_pretrain: int = 0,
+        standardise: str = "", log=print) -> dict:
     """Train and evaluate one setting; returns ``{"step": [...], "accuracy": [...], "shuffled": [...]}``."""
     model_config, data = data_config(family)
     letter_ids = _letter_ids(load_tokenizer(data.tokenizer))
@@ -173,7 +201,14 @@ def run(images: str = "engine", probe: str = "", steps: int = 400, lr: float = 2
             raise ValueError(f"--probe {probe!r}: use flat or mean")
         train, correct = _probe_runner(model_config, lr, probe)
     else:
-        train, correct = _vlm_runner(model_config, lr, steps)
+        def labelled(stream):
+            for batch in stream:
+                batch = {k: batch[k] for k in _KEYS}
+                labels = letters(batch, letter_ids)
+                yield swap_images(batch, images, labels), labels
+
+        train, correct = _vlm_runner(model_config, lr, steps, tower_pretrain,
+                                     labelled(pipeline.make_iterator(data, seed=seed + 2_000)), standardise)
     curves = {"step": [], "accuracy": [], "shuffled": []}
     batches = pipeline.make_iterator(data, seed=seed)
     start = time.time()
@@ -204,10 +239,14 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--family", default="function_shape")
+    parser.add_argument("--tower-pretrain", type=int, default=0, help="steps of the flat probe first")
+    parser.add_argument("--standardise", default="", help="batch: standardise image features per batch")
     args = parser.parse_args(argv)
     lr = args.lr if args.probe == "" or args.lr != 2e-3 else 1e-3
-    curves = run(args.images, args.probe, args.steps, lr, args.eval_every, family=args.family)
-    print(json.dumps({"images": args.images, "probe": args.probe, "family": args.family, "lr": lr, **curves}))
+    curves = run(args.images, args.probe, args.steps, lr, args.eval_every, family=args.family,
+                 tower_pretrain=args.tower_pretrain, standardise=args.standardise)
+    print(json.dumps({"images": args.images, "probe": args.probe, "family": args.family, "lr": lr,
+                      "tower_pretrain": args.tower_pretrain, "standardise": args.standardise, **curves}))
 
 
 if __name__ == "__main__":
