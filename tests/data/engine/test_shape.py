@@ -12,6 +12,7 @@ from mathvlm.data import engine_prompts
 from mathvlm.data.engine import core
 from mathvlm.data.engine.common import FAMILIES
 from mathvlm.data.engine.functions import SHAPES, X
+from tests.data.engine.test_orientation import _expression  # option text → sympy
 
 FAMILY = ("function_shape",)
 
@@ -19,15 +20,6 @@ FAMILY = ("function_shape",)
 def _records(n, seed=0, image_size=64):
     return [core.make_record(seed, i, kind="instruct", version="vision_dominant", image_size=image_size,
                              families=FAMILY) for i in range(n)]
-
-
-def _expression(option: str):
-    body = option.split("=", 1)[1].strip().replace("·", "*").replace("^", "**")
-    while "|" in body:
-        start = body.index("|")
-        end = body.index("|", start + 1)
-        body = f"{body[:start]}Abs({body[start + 1:end]}){body[end + 1:]}"
-    return sp.sympify(body, locals={"x": X})
 
 
 def test_options_are_one_curve_in_four_kinds_and_the_drawn_kind_is_uniform():
