@@ -24,15 +24,11 @@ def get_config(arg=None):
     arg = mc.parse_arg(arg, steps=2000, init="runs/grounding/align", eval_examples=128)
     config = mc.load(f"{INSTRUCT}:size=tiny,steps={arg.steps},eval_examples=0,init={arg.init}")
     with config.unlocked():
-        _update(config, arg.eval_examples)
+        config.name = "experiment: long instruction stage on function_shape (text- and vision-dominant)"
+        config.data.update({"families": FAMILIES, "answer": "letter", "seq_len": 400,
+                            "version": "vision_dominant,text_dominant", "length_buckets": (200, 300, 400)})
+        config.train.trainable = "all"
+        config.eval.update({"every_steps": 500, "max_new_tokens": 16, "evaluators": (
+            recipes.engine_eval(("vision_dominant", "text_dominant"), arg.eval_examples, FAMILIES),
+            recipes.engine_blind_eval(("vision_dominant",), arg.eval_examples, FAMILIES, mode="shuffled"))})
     return mc.finalize(config)
-
-
-def _update(config, eval_examples=128):
-    config.name = "experiment: long instruction stage on function_shape (text- and vision-dominant)"
-    config.data.update({"families": FAMILIES, "answer": "letter", "version": "vision_dominant,text_dominant",
-                        "seq_len": 400, "length_buckets": (200, 300, 400)})
-    config.train.trainable = "all"
-    config.eval.update({"every_steps": 500, "max_new_tokens": 16, "evaluators": (
-        recipes.engine_eval(("vision_dominant", "text_dominant"), eval_examples, FAMILIES),
-        recipes.engine_blind_eval(("vision_dominant",), eval_examples, FAMILIES, mode="shuffled"))})

@@ -13,8 +13,8 @@ and learning rate:
 * ``ntp_weak`` — next-token CE on the vision-rich members alone (the same questions and pictures).
 
 The text-rich member states the drawn expression (the text answers it: its kind of curve is the letter),
-the vision-rich one leaves it to the curve. After each branch the held-out evaluator asks text-dominant and vision-dominant problems; the
-gap between the two is in ``<workdir>/summary.md``.
+the vision-rich one leaves it to the curve. After each branch the held-out evaluator asks text-dominant
+and vision-dominant problems; the gap between the two is in ``<workdir>/summary.md``.
 """
 
 import os

@@ -30,6 +30,7 @@ JSON object with the accuracy curves.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -121,8 +122,6 @@ def _vlm_runner(model_config, lr, steps, tower_pretrain=0, pretrain_batches=None
             train_probe(batch, labels)
     if standardise == "batch":
         model.vision_tower = _StandardisedTower(model.vision_tower)
-    elif standardise:
-        raise ValueError(f"--standardise {standardise!r}: use batch")
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(20, steps // 10 + 1), steps, lr * 0.1)
     optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=0.01), wrt=nnx.Param)
 
@@ -187,30 +186,28 @@ def run(images: str = "engine", probe: str = "", steps: int = 400, lr: float = 2
         eval_batches: int = 4, family: str = "function_shape", seed: int = 0, tower_pretrain: int = 0,
         standardise: str = "", log=print) -> dict:
     """Train and evaluate one setting; returns ``{"step": [...], "accuracy": [...], "shuffled": [...]}``."""
+    if probe not in ("", "flat", "mean"):
+        raise ValueError(f"--probe {probe!r}: use flat or mean")
+    if standardise not in ("", "batch"):
+        raise ValueError(f"--standardise {standardise!r}: use batch")
     model_config, data = data_config(family)
     letter_ids = _letter_ids(load_tokenizer(data.tokenizer))
-    held = []
-    for batch in pipeline.make_iterator(data, seed=seed + 1_000):
-        batch = {k: batch[k] for k in _KEYS}
-        labels = letters(batch, letter_ids)
-        held.append((swap_images(batch, images, labels), labels))
-        if len(held) == eval_batches:
-            break
+
+    def labelled(stream_seed):
+        """(batch with the pictures ``images`` asks for, letters) from the pipeline at ``stream_seed``."""
+        for batch in pipeline.make_iterator(data, seed=stream_seed):
+            batch = {k: batch[k] for k in _KEYS}
+            labels = letters(batch, letter_ids)
+            yield swap_images(batch, images, labels), labels
+
+    held = list(itertools.islice(labelled(seed + 1_000), eval_batches))
     if probe:
-        if probe not in ("flat", "mean"):
-            raise ValueError(f"--probe {probe!r}: use flat or mean")
         train, correct = _probe_runner(model_config, lr, probe)
     else:
-        def labelled(stream):
-            for batch in stream:
-                batch = {k: batch[k] for k in _KEYS}
-                labels = letters(batch, letter_ids)
-                yield swap_images(batch, images, labels), labels
-
-        train, correct = _vlm_runner(model_config, lr, steps, tower_pretrain,
-                                     labelled(pipeline.make_iterator(data, seed=seed + 2_000)), standardise)
+        train, correct = _vlm_runner(model_config, lr, steps, tower_pretrain, labelled(seed + 2_000),
+                                     standardise)
     curves = {"step": [], "accuracy": [], "shuffled": []}
-    batches = pipeline.make_iterator(data, seed=seed)
+    batches = labelled(seed)
     start = time.time()
     for step in range(steps + 1):
         if step % eval_every == 0 or step == steps:
@@ -225,9 +222,7 @@ def run(images: str = "engine", probe: str = "", steps: int = 400, lr: float = 2
                 f"{other.mean():.3f}  ({time.time() - start:.0f} s)")
         if step == steps:
             break
-        batch = {k: v for k, v in next(batches).items() if k in _KEYS}
-        labels = letters(batch, letter_ids)
-        train(swap_images(batch, images, labels), labels)
+        train(*next(batches))
     return curves
 
 
@@ -236,13 +231,13 @@ def main(argv=None) -> None:
     parser.add_argument("--images", default="engine", help="engine | colour | tint:<strength>")
     parser.add_argument("--probe", default="", help="flat | mean: the image tower + a linear head alone")
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=None, help="default 2e-3 (VLM), 1e-3 (--probe)")
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--family", default="function_shape")
     parser.add_argument("--tower-pretrain", type=int, default=0, help="steps of the flat probe first")
     parser.add_argument("--standardise", default="", help="batch: standardise image features per batch")
     args = parser.parse_args(argv)
-    lr = args.lr if args.probe == "" or args.lr != 2e-3 else 1e-3
+    lr = args.lr or (1e-3 if args.probe else 2e-3)
     curves = run(args.images, args.probe, args.steps, lr, args.eval_every, family=args.family,
                  tower_pretrain=args.tower_pretrain, standardise=args.standardise)
     print(json.dumps({"images": args.images, "probe": args.probe, "family": args.family, "lr": lr,
