@@ -6,7 +6,7 @@
 * On TPU pod slices and SLURM clusters ``MATHVLM_DISTRIBUTED=auto`` lets
   ``jax.distributed.initialize()`` read everything from the cluster environment.
 
-Must run before anything touches a JAX device.
+``initialize_from_env`` must run before anything touches a JAX device; ``shutdown`` ends the run.
 """
 
 from __future__ import annotations
@@ -32,3 +32,16 @@ def initialize_from_env() -> bool:
         jax.distributed.initialize()
         return True
     return False
+
+
+def shutdown() -> None:
+    """Leave a multi-process run: wait for this process's outstanding device work, then disconnect.
+
+    Why wait: reading a replicated result (``float(x)``) waits for one local shard only, while the
+    other local devices may still be inside a collective, or still connecting their gloo communicator
+    through the coordination service. Shutting the service down under them left both processes hung
+    at exit, joining those device threads (tests/test_multiprocess.py, about 1 run in 40).
+    """
+    for array in jax.live_arrays():
+        array.block_until_ready()
+    jax.distributed.shutdown()

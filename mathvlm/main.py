@@ -59,8 +59,10 @@ def _main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax and grain are chatty at INFO; -v 0 restores it
     from mathvlm import distributed  # imports jax: after the config checks, before any device use
 
-    distributed.initialize_from_env()
+    joined = distributed.initialize_from_env()
     run(_CONFIG.value, _WORKDIR.value)
+    if joined:
+        distributed.shutdown()
 
 
 def cli(argv=None):

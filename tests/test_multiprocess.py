@@ -6,19 +6,42 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
+
+from mathvlm import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _run(args, timeout):
+    """Run ``python args`` from the repository root; a hang fails with the processes' last output."""
+    try:
+        return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, "PYTHONPATH": ROOT})
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        pytest.fail(f"{' '.join(args)} still running after {timeout} s; last output:\n{out[-3000:]}")
+
+
+def test_shutdown_waits_for_every_local_shard():
+    """distributed.shutdown blocks on every live array, not only the shard a float() read (the cause of
+    a hang at exit when the coordination service went away under still-running devices)."""
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    x = jax.device_put(jnp.ones((jax.device_count() * 512, 512)), jax.NamedSharding(mesh, jax.P("data")))
+    w = jnp.full((512, 512), 1e-3)
+    y = jax.jit(lambda a: jnp.tanh(jnp.tanh(a @ w) @ w).sum(0),
+                out_shardings=jax.NamedSharding(mesh, jax.P()))(x)
+    distributed.shutdown()  # not initialised here: only the wait, then jax's no-op
+    assert all(shard.data.is_ready() for shard in y.addressable_shards)
+
+
 def test_two_processes_share_one_mesh():
-    proc = subprocess.run(
-        [sys.executable, "launch/multiprocess.py", "--processes", "2", "--local-devices", "4", "--",
-         "tests/workers/sharding_worker.py"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
-        env={**os.environ, "PYTHONPATH": ROOT})
+    proc = _run(["launch/multiprocess.py", "--processes", "2", "--local-devices", "4", "--",
+                 "tests/workers/sharding_worker.py"], timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines()
                if "RESULT " in line]
@@ -49,13 +72,10 @@ def run_one_and_two_processes(config: str, steps: int, tmp_path) -> None:
     ``multi`` / ``single``) and check the per-step losses agree."""
     args = ["-m", "mathvlm.main", f"--config={config}:steps={steps},batch_size=8",
             "--config.train.log_every=1", "--config.mesh.fsdp=2", "--config.eval.evaluators=()"]
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    multi = subprocess.run([sys.executable, "launch/multiprocess.py", "--processes", "2",
-                            "--local-devices", "4", "--", *args, f"--workdir={tmp_path / 'multi'}"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=400, env=env)
+    multi = _run(["launch/multiprocess.py", "--processes", "2", "--local-devices", "4", "--", *args,
+                  f"--workdir={tmp_path / 'multi'}"], timeout=400)
     assert multi.returncode == 0, multi.stdout[-3000:]
-    single = subprocess.run([sys.executable, *args, f"--workdir={tmp_path / 'single'}"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=400, env=env)
+    single = _run([*args, f"--workdir={tmp_path / 'single'}"], timeout=400)
     assert single.returncode == 0, single.stderr[-3000:]
     expected, got = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
     assert len(expected) == len(got) == steps
@@ -68,8 +88,6 @@ def test_two_process_training_matches_one_process(tmp_path):
     run_one_and_two_processes("configs/text_demo.py", 5, tmp_path)
 
     # The checkpoint the 2 processes wrote restores in this one process onto other meshes.
-    import jax
-
     from mathvlm import config as mc
     from mathvlm import sharding
     from mathvlm.train.checkpoint import Checkpointer

@@ -43,4 +43,4 @@ print("RESULT " + json.dumps({
     "total": float(total), "replicated_bytes": report.replicated_bytes,
     "total_bytes": report.total_bytes, "bytes_per_device": report.bytes_per_device,
 }), flush=True)
-jax.distributed.shutdown()
+distributed.shutdown()
