@@ -109,6 +109,8 @@ def defaults() -> ConfigDict:
         "trainable": "all",              # parameter filter (module-path patterns)
         "max_nonfinite": 5,              # consecutive non-finite steps (skipped) before stopping
         "peak_tflops": 0.0,              # the devices' summed peak, for the logged MFU (0: not logged)
+        # batches measuring a VLM's image-feature statistics at a fresh start (model.feature_norm)
+        "calibrate_image_features": 0,
     })
     c.optim = ConfigDict({
         "lr": 1e-3, "end_lr_fraction": 0.0, "warmup_steps": 10, "schedule": "cosine",

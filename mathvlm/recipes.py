@@ -34,7 +34,7 @@ def tiny_vlm(projector: str = "mlp2x_gelu") -> ConfigDict:
     return ConfigDict({"name": "vlm", "vision_preset": "tiny", "decoder_preset": "tiny",
                        "vision": dict(TINY_VISION), "decoder": dict(TINY_DECODER),
                        "image_token_id": ENGINE_IMAGE_ID, "projector": projector,
-                       "feature_strategy": "drop_cls"})
+                       "feature_strategy": "drop_cls", "feature_norm": ""})
 
 
 def tiny_engine_data(task: str, *, batch_size: int, seq_len: int, version="mixed",

@@ -34,7 +34,8 @@ def get_config(arg=None):
                                       FAMILIES),)
     shared = {"data.families": FAMILIES, "data.answer": "letter", "data.seq_len": 400,
               "data.length_buckets": (200, 300, 400), "eval.evaluators": evaluators,
-              "eval.max_new_tokens": 64, "train.trainable": "vision_tower,projector"}
+              "eval.max_new_tokens": 64, "train.trainable": "vision_tower,projector",
+              "model.feature_norm": "calibrated"}  # the chain's statistics, carried over
     with config.unlocked():
         config.name = "experiment: Math-PUMA KL alignment vs next-token training on vision-rich members"
         config.stages = tuple(config.stages) + (

@@ -17,10 +17,12 @@ carries while the text stays the same:
 * ``tint:S``  — the diagram plus ``S`` added to one colour channel chosen by the letter (the label in a
   small shift of every token).
 
-Two interventions on the VLM run: ``--tower-pretrain N`` first trains its image tower for N steps as the
-``--probe flat`` classifier (tower + linear head on the letter), and ``--standardise batch`` standardises
-the image features per token position and channel across each batch before the projector (a diagnostic:
-it makes the model's output depend on the other rows of the batch).
+Interventions on the VLM run: ``--tower-pretrain N`` first trains its image tower for N steps as the
+``--probe flat`` classifier (tower + linear head on the letter); ``--tower-from DIR`` starts it from a
+CLIP-Math run's image tower instead; ``--freeze-tower`` trains everything else; ``--standardise`` scales
+the image features per token position and channel before the projector, with the mean and spread of
+each batch (``batch``, a diagnostic: a row's output depends on its batch) or with those measured once on
+16 training batches and then kept (``fixed``: the VLM's ``feature_norm: calibrated``).
 
 ``--probe flat`` / ``--probe mean`` skip the decoder: the image tower plus a linear head on its flattened
 (position-aware) or mean-pooled patch features, trained on the letter as a 4-way label. The last line is one
@@ -30,6 +32,7 @@ JSON object with the accuracy curves.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import sys
@@ -45,6 +48,7 @@ from mathvlm import registry
 from mathvlm.data import pipeline
 from mathvlm.data.text import load_tokenizer
 from mathvlm.losses.next_token import reduce_over_tokens, token_statistics
+from mathvlm.models.vlm import merge_moments
 from mathvlm.train import steps as steps_lib
 
 RECIPE = "configs/mavis/instruct.py:size=tiny,steps=10"
@@ -100,30 +104,40 @@ def _letter_ids(tokenizer) -> dict[int, int]:
     return ids
 
 
-class _StandardisedTower(nnx.Module):
-    """The image tower with its features standardised across the batch (``--standardise batch``)."""
+class _BatchStandardisedTower(nnx.Module):
+    """The image tower with its features standardised per position and channel across each batch."""
 
     def __init__(self, tower):
         self.tower = tower
 
     def features(self, images, layer, strategy):
         feats = self.tower.features(images, layer, strategy)
-        feats = feats - feats.mean(axis=0, keepdims=True)
-        return feats / (feats.std(axis=0, keepdims=True) + 1e-3)
+        return (feats - feats.mean(axis=0, keepdims=True)) / (feats.std(axis=0, keepdims=True) + 1e-3)
 
 
-def _vlm_runner(model_config, lr, steps, tower_pretrain=0, pretrain_batches=None, standardise=""):
+def _vlm_runner(model_config, lr, steps, tower_pretrain=0, pretrain_batches=None, standardise="",
+                freeze_tower=False, tower_from=""):
     fields = dict(model_config)
+    if standardise == "fixed":
+        fields["feature_norm"] = "calibrated"
     model = registry.get("model", fields.pop("name"))(**fields, rngs=nnx.Rngs(0))
+    if tower_from:
+        from mathvlm.train.init import load_from_checkpoint
+
+        load_from_checkpoint(model, tower_from, "vision_model:vision_tower")
     if tower_pretrain:
         train_probe, _ = _probe_runner(model_config, 1e-3, "flat", tower=model.vision_tower)
         for _ in range(tower_pretrain):
             batch, labels = next(pretrain_batches)
             train_probe(batch, labels)
     if standardise == "batch":
-        model.vision_tower = _StandardisedTower(model.vision_tower)
+        model.vision_tower = _BatchStandardisedTower(model.vision_tower)
+    elif standardise == "fixed":  # as train.calibrate_image_features does it: 16 batches, then fixed
+        moments = [model.feature_moments(next(pretrain_batches)[0]["images"]) for _ in range(16)]
+        model.calibrate_feature_norm(*functools.reduce(merge_moments, moments))
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(20, steps // 10 + 1), steps, lr * 0.1)
-    optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=0.01), wrt=nnx.Param)
+    wrt = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("vision_tower"))) if freeze_tower else nnx.Param
+    optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=0.01), wrt=wrt)
 
     def loss_fn(m, batch):
         nll, _, _ = token_statistics(steps_lib.forward(m, batch), batch["targets"])
@@ -131,7 +145,7 @@ def _vlm_runner(model_config, lr, steps, tower_pretrain=0, pretrain_batches=None
 
     @nnx.jit
     def train(model, optimizer, batch):
-        loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
+        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model, batch)
         optimizer.update(model, grads)
         return loss
 
@@ -184,12 +198,12 @@ def _probe_runner(model_config, lr, pooling, tower=None):
 
 def run(images: str = "engine", probe: str = "", steps: int = 400, lr: float = 2e-3, eval_every: int = 50,
         eval_batches: int = 4, family: str = "function_shape", seed: int = 0, tower_pretrain: int = 0,
-        standardise: str = "", log=print) -> dict:
+        standardise: str = "", freeze_tower: bool = False, tower_from: str = "", log=print) -> dict:
     """Train and evaluate one setting; returns ``{"step": [...], "accuracy": [...], "shuffled": [...]}``."""
     if probe not in ("", "flat", "mean"):
         raise ValueError(f"--probe {probe!r}: use flat or mean")
-    if standardise not in ("", "batch"):
-        raise ValueError(f"--standardise {standardise!r}: use batch")
+    if standardise not in ("", "batch", "fixed"):
+        raise ValueError(f"--standardise {standardise!r}: use batch or fixed")
     model_config, data = data_config(family)
     letter_ids = _letter_ids(load_tokenizer(data.tokenizer))
 
@@ -205,7 +219,7 @@ def run(images: str = "engine", probe: str = "", steps: int = 400, lr: float = 2
         train, correct = _probe_runner(model_config, lr, probe)
     else:
         train, correct = _vlm_runner(model_config, lr, steps, tower_pretrain, labelled(seed + 2_000),
-                                     standardise)
+                                     standardise, freeze_tower, tower_from)
     curves = {"step": [], "accuracy": [], "shuffled": []}
     batches = labelled(seed)
     start = time.time()
@@ -235,13 +249,17 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--family", default="function_shape")
     parser.add_argument("--tower-pretrain", type=int, default=0, help="steps of the flat probe first")
-    parser.add_argument("--standardise", default="", help="batch: standardise image features per batch")
+    parser.add_argument("--standardise", default="", help="batch | fixed: standardise the image features")
+    parser.add_argument("--freeze-tower", action="store_true", help="train all but the image tower")
+    parser.add_argument("--tower-from", default="", help="a CLIP-Math workdir: start from its image tower")
     args = parser.parse_args(argv)
     lr = args.lr or (1e-3 if args.probe else 2e-3)
     curves = run(args.images, args.probe, args.steps, lr, args.eval_every, family=args.family,
-                 tower_pretrain=args.tower_pretrain, standardise=args.standardise)
+                 tower_pretrain=args.tower_pretrain, standardise=args.standardise,
+                 freeze_tower=args.freeze_tower, tower_from=args.tower_from)
     print(json.dumps({"images": args.images, "probe": args.probe, "family": args.family, "lr": lr,
-                      "tower_pretrain": args.tower_pretrain, "standardise": args.standardise, **curves}))
+                      "tower_pretrain": args.tower_pretrain, "standardise": args.standardise,
+                      "freeze_tower": args.freeze_tower, "tower_from": args.tower_from, **curves}))
 
 
 if __name__ == "__main__":

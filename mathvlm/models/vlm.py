@@ -41,8 +41,13 @@ class VLMConfig:
     # (the projector input is then len(feature_layer) × the vision width).
     feature_layer: int | tuple[int, ...] = -2
     feature_strategy: str = "drop_cls"     # drop_cls | drop_first | keep_all
+    # "calibrated": the tower's features are standardised per position and channel with a mean and
+    # spread measured on training images (calibrate_feature_norm) and then fixed; "" leaves them as is.
+    feature_norm: str = ""
 
     def __post_init__(self):
+        if self.feature_norm not in ("", "calibrated"):
+            raise ValueError(f"feature_norm={self.feature_norm!r}: use '' or 'calibrated'")
         # Lists (from JSON / config files) become tuples so the config stays hashable.
         if not isinstance(self.feature_layer, int):
             object.__setattr__(self, "feature_layer", tuple(int(i) for i in self.feature_layer))
@@ -70,16 +75,56 @@ class VLM(nnx.Module):
             hidden=c.projector_hidden,
             dtype=c.decoder.dtype, param_dtype=c.decoder.param_dtype, rngs=rngs)
         self.decoder = DecoderLM(c.decoder, rngs=rngs)
+        if c.feature_norm:
+            # [mean, spread] per image-token position and channel: statistics, never trained.
+            shape = (c.tokens_per_image, c.vision.hidden_size * c.num_feature_layers)
+            self.feature_stats = nnx.BatchStat(jnp.stack([jnp.zeros(shape), jnp.ones(shape)]))
+
+    def _tower_features(self, images):
+        """``[b, k, H, W, C]`` → the tower's features ``[b·k, tokens_per_image, d_vision]``."""
+        b, k = images.shape[:2]
+        return self.vision_tower.features(images.reshape((b * k,) + images.shape[2:]),
+                                          self.config.feature_layer, self.config.feature_strategy)
 
     def image_features(self, images):
         """``images [b, H, W, C]`` or ``[b, k, H, W, C]`` → projected ``[b, k·tokens_per_image, d]``."""
         if images.ndim == 4:
             images = images[:, None]
-        b, k = images.shape[:2]
-        feats = self.vision_tower.features(images.reshape((b * k,) + images.shape[2:]),
-                                           self.config.feature_layer, self.config.feature_strategy)
+        feats = self._tower_features(images)
+        if self.config.feature_norm:
+            mean, spread = self.feature_stats[...]
+            feats = ((feats - mean) / spread).astype(feats.dtype)
         feats = self.projector(feats)
-        return feats.reshape(b, k * feats.shape[1], feats.shape[-1])
+        return feats.reshape(images.shape[0], -1, feats.shape[-1])
+
+    def feature_moments(self, images, image_mask=None):
+        """``(count, mean, m2)`` of the tower's features per position and channel over the rows that
+        have images (``m2``: summed squared deviations); batches combine with :func:`merge_moments`."""
+        if images.ndim == 4:
+            images = images[:, None]
+        feats = self._tower_features(images).astype(jnp.float32)
+        weight = jnp.ones(images.shape[:2]) if image_mask is None else jnp.broadcast_to(
+            jnp.asarray(image_mask, jnp.float32).reshape(images.shape[0], -1), images.shape[:2])
+        weight = weight.reshape(-1, 1, 1)
+        count = weight.sum()
+        mean = (weight * feats).sum(0) / jnp.maximum(count, 1.0)
+        return count, mean, (weight * (feats - mean) ** 2).sum(0)
+
+    def calibrate_feature_norm(self, count, mean, m2, min_spread: float = 1e-3):
+        """Fix ``feature_norm: calibrated``'s statistics from merged :meth:`feature_moments`.
+
+        Why: the image tokens of different pictures start almost alike (after the projector their spread
+        across images is a few % of their size), so a decoder that attends to their average reads the
+        shared part and not the picture. Standardising with statistics measured once on a frozen tower
+        keeps what differs between pictures and leaves a row's output independent of its batch.
+        """
+        if not self.config.feature_norm:
+            raise ValueError("calibrate_feature_norm needs a model built with feature_norm='calibrated'")
+        if count <= 0:
+            raise ValueError("calibrate_feature_norm saw no image: the calibration batches hold no row "
+                             "with a picture")
+        spread = jnp.sqrt(m2 / count)
+        self.feature_stats[...] = jnp.stack([mean, jnp.maximum(spread, min_spread)])
 
     def embed(self, tokens, images=None, image_mask=None):
         """Token embeddings with image features written over the placeholder slots (in order)."""
@@ -125,6 +170,16 @@ class VLM(nnx.Module):
         embeds = self.embed(tokens, images, image_mask)
         return generate_lib.generate(self.decoder, attention_mask=attention_mask,
                                      inputs_embeds=embeds, **kwargs)
+
+
+def merge_moments(a, b):
+    """Two ``(count, mean, m2)`` summaries as one (the pairwise update of Chan et al.: no cancellation
+    from subtracting squared means)."""
+    (na, mean_a, m2a), (nb, mean_b, m2b) = a, b
+    n = na + nb
+    delta = mean_b - mean_a
+    share = nb / jnp.maximum(n, 1.0)
+    return n, mean_a + delta * share, m2a + m2b + delta ** 2 * na * share
 
 
 def expand_image_placeholders(ids, image_token_id: int, tokens_per_image: int, *, mask=None,

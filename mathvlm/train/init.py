@@ -1,7 +1,7 @@
 """Where a stage's weights start: random init (the model registry), a transformers folder
 (``init.hf``), or a previous stage's checkpoint (``init.checkpoint``, a workdir or checkpoint folder).
 
-``init.params`` maps parameter paths of the previous stage onto this stage's, as comma-separated
+``init.params`` maps parameter (and statistic) paths of the previous stage onto this stage's, as comma-separated
 ``source:destination`` prefixes (``"image_tower:vision_tower"``: MAVIS stage 2 takes the CLIP-Math image
 tower of stage 1); a bare ``prefix`` keeps its path; empty = every parameter of this model. Only the
 named parameters are loaded; the rest keep their fresh initialisation.
@@ -57,13 +57,17 @@ def checkpoint_state_dir(location: str) -> tuple[str, int]:
                             "<workdir>/checkpoints/<step>/state); train the previous stage first")
 
 
+# What a stage takes over: the parameters and measured statistics (a VLM's calibrated feature norm).
+_CARRIED = nnx.Any(nnx.Param, nnx.BatchStat)
+
+
 def load_from_checkpoint(model, location: str, params: str = "") -> list[str]:
     """Overwrite ``model``'s parameters named by ``params`` with those of a previous stage's newest
     checkpoint, placed like the current ones. Returns the loaded paths; raises naming any missing or
     mis-shaped parameter."""
     state_dir, step = checkpoint_state_dir(location)
     mapping = _mapping(params)
-    model_state = nnx.state(model, nnx.Param)
+    model_state = nnx.state(model, _CARRIED)
     leaves = {sharding.path_name(p): v for p, v in jax.tree_util.tree_leaves_with_path(model_state)}
     wanted = {}  # source path → (destination path, current array)
     for dest, value in leaves.items():
@@ -107,6 +111,6 @@ def load_from_checkpoint(model, location: str, params: str = "") -> list[str]:
         return var.replace(by_dest[name]) if name in by_dest else var
 
     nnx.update(model, jax.tree_util.tree_map_with_path(
-        replace, nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable)))
+        replace, nnx.state(model, _CARRIED), is_leaf=lambda x: isinstance(x, nnx.Variable)))
     logging.warning("initialised %d parameters from %s (step %d)", len(by_dest), state_dir, step)
     return sorted(by_dest)

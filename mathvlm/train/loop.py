@@ -21,6 +21,7 @@ from flax import nnx
 from mathvlm import registry, sharding
 from mathvlm.data import pipeline
 from mathvlm.losses import make_loss
+from mathvlm.models.vlm import merge_moments
 from mathvlm.train import optim
 from mathvlm.train.checkpoint import Checkpointer
 from mathvlm.train.init import load_from_checkpoint, load_from_hf
@@ -150,6 +151,30 @@ class Trainer:
         return sharding.replicated_report(self.state[0])  # the model's parameters
 
 
+def calibrate_image_features(trainer, batches, num_batches: int) -> None:
+    """``train.calibrate_image_features: N`` — measure the image tower's feature mean and spread on N
+    training batches and fix them in a VLM built with ``feature_norm: calibrated`` (the MAVIS stages
+    after CLIP-Math keep the tower frozen, so the statistics stay true)."""
+    model, optimizer = nnx.merge(trainer.graphdef, trainer.state)
+    if not getattr(getattr(model, "config", None), "feature_norm", ""):
+        raise ValueError("train.calibrate_image_features needs a VLM with model.feature_norm='calibrated'")
+    measure = nnx.jit(lambda m, images, mask: m.feature_moments(images, mask))
+    moments = None
+    with jax.set_mesh(trainer.mesh):
+        for _ in range(num_batches):
+            local = next(batches)
+            if "images" not in local:
+                raise ValueError("train.calibrate_image_features: the data has no images to measure")
+            batch = global_batch({k: local[k] for k in ("images", "image_mask") if k in local},
+                                 trainer.mesh, trainer.rules)
+            part = measure(model, batch["images"], batch.get("image_mask"))
+            moments = part if moments is None else merge_moments(moments, part)
+        placement = model.feature_stats.get_value().sharding
+        model.calibrate_feature_norm(*moments)
+        model.feature_stats.set_value(jax.device_put(model.feature_stats.get_value(), placement))
+    trainer.state = nnx.state((model, optimizer))
+
+
 def flops_metrics(num_params: int, tokens_per_s: float, peak_tflops: float) -> dict:
     """Model FLOPs/s by the 6·N·D rule (forward + backward, attention scores left out, so an estimate
     that errs low at long sequences) and, given the hardware's peak per process group, the MFU."""
@@ -236,6 +261,11 @@ def train(config, *, workdir: str, mesh):
     if start:
         trainer.state, _ = ckpt.restore(start, trainer.state, batches)
         logging.warning("resumed from step %d of %s", start, ckpt.directory)
+    elif config.train.calibrate_image_features:
+        # its own stream: the training batches stay those of an uncalibrated run
+        calibrate_image_features(trainer, pipeline.make_iterator(
+            config.data, seed=config.seed + 1, process_index=jax.process_index(),
+            process_count=jax.process_count()), config.train.calibrate_image_features)
     total, every = config.train.steps, config.checkpoint.every_steps
     tables_dir = workdir if jax.process_index() == 0 else None  # evaluators' tables: one writer
     evaluators, eval_every = make_evaluators(config, tables_dir), config.eval.every_steps

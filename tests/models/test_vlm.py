@@ -8,7 +8,7 @@ from flax import nnx
 from mathvlm import registry, sharding
 from mathvlm.models.decoder import DecoderConfig
 from mathvlm.models.vit import ViTConfig
-from mathvlm.models.vlm import VLM, VLMConfig
+from mathvlm.models.vlm import VLM, VLMConfig, merge_moments
 
 IMG = 255
 
@@ -158,3 +158,43 @@ def test_expand_image_placeholders():
     assert (expand_image_placeholders([IMG, 3], IMG, 16) == IMG).sum() == _config().tokens_per_image
     with pytest.raises(ValueError, match="shape"):
         expand_image_placeholders(ids, IMG, 3, mask=np.ones(3))
+
+
+def test_calibrated_feature_norm_standardises_with_fixed_statistics():
+    """feature_norm='calibrated': statistics from the rows that have pictures only, then fixed — the
+    calibration images come out with mean 0 and spread 1 per position and channel, and a row's
+    features do not depend on the other rows of its batch."""
+    model = VLM(_config(feature_norm="calibrated"), rngs=nnx.Rngs(1))
+    rng = np.random.RandomState(3)
+    images = rng.rand(6, 32, 32, 3).astype(np.float32) * 2
+    # the last row has no picture (its pixels are garbage): it must not enter the statistics
+    images[-1] = 100.0
+    mask = np.array([True] * 5 + [False])
+    # measured in two batches and merged: the statistics of the five pictures together
+    moments = merge_moments(model.feature_moments(images[:2], mask[:2]),
+                            model.feature_moments(images[2:], mask[2:]))
+    assert float(moments[0]) == 5
+    model.calibrate_feature_norm(*moments)
+
+    raw = model._tower_features(images[:5, None])
+    standardised = (raw - model.feature_stats[0]) / model.feature_stats[1]
+    np.testing.assert_allclose(standardised.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(standardised.std(0), 1.0, atol=1e-3)
+    # image_features uses them, and row 0 gives the same features alone as within the batch
+    alone = model.image_features(images[:1])
+    np.testing.assert_allclose(model.image_features(images[:5])[:1], alone, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(alone, model.projector(standardised[:1]), rtol=1e-5, atol=1e-5)
+    assert nnx.state(model, nnx.BatchStat)  # statistics, not parameters: the optimizer leaves them
+    assert not any("feature_stats" in sharding.path_name(p)
+                   for p, _ in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)))
+
+
+def test_calibration_errors_are_clear():
+    with pytest.raises(ValueError, match="feature_norm"):
+        _config(feature_norm="batch")
+    with pytest.raises(ValueError, match="feature_norm='calibrated'"):
+        VLM(_config(), rngs=nnx.Rngs(0)).calibrate_feature_norm(1.0, 0.0, 0.0)
+    model = VLM(_config(feature_norm="calibrated"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="no row with a picture"):
+        model.calibrate_feature_norm(*model.feature_moments(np.zeros((2, 32, 32, 3), np.float32),
+                                                             np.array([False, False])))

@@ -1,6 +1,8 @@
 """The demo chain end to end at a tiny budget: every stage runs, weights flow from stage to stage,
 held-out accuracy per version is reported; re-running resumes instead of retraining."""
 
+import functools
+import itertools
 import json
 import os
 import subprocess
@@ -132,3 +134,52 @@ def test_summary_rows_for_blind_and_control_evaluations():
                                      "engine_shuffled/answered": 1.0, "loss": 0.4}})
     assert table == {"instruct": {"vision_dominant": 0.6}, "instruct (blind)": {"vision_dominant": 0.2},
                      "instruct (shuffled)": {"vision_dominant": 0.25}}
+
+
+GROUNDING = os.path.join(ROOT, "configs", "experiments", "grounding.py")
+
+
+def test_grounding_chain_calibrates_the_image_features_once_and_carries_them(tmp_path):
+    """configs/experiments/grounding.py: alignment measures the frozen CLIP-Math tower's feature
+    statistics on its own calibration stream (the values a direct computation gives), instruction tuning
+    inherits them, and the tower stays CLIP-Math's through both stages."""
+    from mathvlm.data import pipeline
+    from mathvlm.evaluate import load_model
+    from mathvlm.models.vlm import merge_moments
+
+    spec = f"{GROUNDING}:scale=0.005,eval_examples=2"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    result = subprocess.run([sys.executable, "-m", "mathvlm.main", f"--config={spec}",
+                             f"--workdir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    config = mc.load(spec)
+    stages, base = {stage["name"]: stage for stage in config.stages}, config.config_dir
+
+    def stats(name):
+        model, _ = load_model(stage_config(stages[name], str(tmp_path), base),
+                              checkpoint=str(tmp_path / name))
+        return model, np.asarray(model.feature_stats[...])
+
+    align_config = stage_config(stages["align"], str(tmp_path), base)
+    align, align_stats = stats("align")
+    _, instruct_stats = stats("instruct")
+    np.testing.assert_array_equal(instruct_stats, align_stats)
+
+    # Recompute from the same stream with the stage's tower: the saved statistics are those.
+    assert align_config.train.calibrate_image_features == 16
+    batches = pipeline.make_iterator(align_config.data, seed=align_config.seed + 1)
+    moments = [align.feature_moments(batch["images"], batch.get("image_mask"))
+               for batch in itertools.islice(batches, 16)]
+    align.calibrate_feature_norm(*functools.reduce(merge_moments, moments))
+    np.testing.assert_allclose(np.asarray(align.feature_stats[...]), align_stats, rtol=1e-4, atol=1e-5)
+    mean, spread = align_stats
+    assert np.abs(mean).max() > 1e-2 and not np.allclose(spread, 1.0)  # measured, not the identity
+
+    clip = params_of(stages["clip_math"], tmp_path)
+    instruct = params_of(stages["instruct"], tmp_path)
+    tower = [k for k in instruct if k.startswith("vision_tower/")]
+    assert tower
+    for key in tower:
+        np.testing.assert_array_equal(instruct[key], clip["vision_model/" + key[len("vision_tower/"):]],
+                                      err_msg=key)
