@@ -1,20 +1,21 @@
 """Toy experiment: does Math-PUMA's KL alignment close the text-rich / vision-rich gap better than plain
 next-token training on the vision-rich members? (issue 13)
 
-    python -m mathvlm.main --config configs/experiments/puma_gap.py --workdir runs/grounding
+    python -m mathvlm.main --config configs/experiments/puma_gap.py --workdir runs/puma_gap
 
-It continues the grounding chain (``configs/experiments/grounding.py``; the same workdir reads its
-finished stages back instead of retraining) with two branches from its instruction-tuned model, each
-``steps`` steps with the same trainable parameters (image tower + projector, Math-PUMA stage 2), data
-and learning rate:
+Math-PUMA's order on ``function_shape`` problems: the grounding chain's CLIP-Math and alignment stages
+(``configs/experiments/grounding.py``: tower frozen, features calibrated), then ``text_sft`` — instruction
+tuning on the text-only version (the drawn expression stated, no picture: stage 1's text math), which
+leaves a model that answers from the text and has never had to read a picture. From it two branches, each
+``steps`` steps with the same data stream, learning rate and trainable parameters (the projector: the
+tower stays frozen so the calibrated statistics hold; Math-PUMA trains the tower too):
 
-* ``puma_kl``  — Math-PUMA stage 2 on text-rich / vision-rich pairs of ``function_shape``
-  problems: (1 − λ)·CE(vision-rich) + λ·KL(text-rich ‖ vision-rich), λ = 0.1;
+* ``puma_kl``  — Math-PUMA stage 2 on text-rich / vision-rich pairs (text-dominant / vision-dominant
+  members): (1 − λ)·CE(vision-rich) + λ·KL(text-rich ‖ vision-rich);
 * ``ntp_weak`` — next-token CE on the vision-rich members alone (the same questions and pictures).
 
-The text-rich member states the drawn expression (the text answers it: its kind of curve is the letter),
-the vision-rich one leaves it to the curve. After each branch the held-out evaluator asks text-dominant
-and vision-dominant problems; the gap between the two is in ``<workdir>/summary.md``.
+After each branch the held-out evaluator asks text-dominant and vision-dominant problems; the gap
+between the two is in ``<workdir>/summary.md``.
 """
 
 import os
@@ -34,15 +35,19 @@ def get_config(arg=None):
                                       FAMILIES),)
     shared = {"data.families": FAMILIES, "data.answer": "letter", "data.seq_len": 400,
               "data.length_buckets": (200, 300, 400), "eval.evaluators": evaluators,
-              "eval.max_new_tokens": 64, "train.trainable": "vision_tower,projector",
-              "model.feature_norm": "calibrated"}  # the chain's statistics, carried over
+              "eval.max_new_tokens": 64, "model.feature_norm": "calibrated"}
+    branch = {**shared, "train.trainable": "projector", "optim.lr": 1e-3}
+    clip_math, align = config.stages[:2]
     with config.unlocked():
         config.name = "experiment: Math-PUMA KL alignment vs next-token training on vision-rich members"
-        config.stages = tuple(config.stages) + (
+        config.stages = (
+            clip_math, align,
+            {"name": "text_sft",
+             "config": f"mavis/instruct.py:size=tiny,steps={max(2, int(300 * arg.scale))},eval_examples=0",
+             "init_from": "align", "set": {**shared, "data.version": "text_only"}},
             {"name": "puma_kl", "config": f"math_puma/kl_align.py:size=tiny,steps={steps},eval_examples=0",
-             "init_from": "instruct", "set": shared},
+             "init_from": "text_sft", "set": branch},
             {"name": "ntp_weak", "config": f"math_puma/instruct.py:size=tiny,steps={steps},eval_examples=0",
-             "init_from": "instruct",
-             "set": {**shared, "data.version": "vision_dominant", "optim.lr": 1e-3}},
+             "init_from": "text_sft", "set": {**branch, "data.version": "vision_dominant"}},
         )
     return mc.finalize(config)
