@@ -38,6 +38,16 @@ def params_of(stage, workdir):
             for p, v in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))}
 
 
+def assert_tower_is_clip_math(vlm: dict, clip: dict) -> list[str]:
+    """The VLM's image tower is CLIP-Math's image tower, bit for bit; returns its parameter paths."""
+    tower = [k for k in vlm if k.startswith("vision_tower/")]
+    assert tower
+    for key in tower:
+        np.testing.assert_array_equal(vlm[key], clip["vision_model/" + key[len("vision_tower/"):]],
+                                      err_msg=key)
+    return tower
+
+
 def test_demo_chain(tmp_path):
     result = run_demo(tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -54,14 +64,9 @@ def test_demo_chain(tmp_path):
 
     # Alignment trains projector and LLM only: its image tower is CLIP-Math's, bit for bit, and its
     # LLM starts from (and moved away from) the text stage's.
-    clip = params_of(stages["clip_math"], tmp_path)
     align = params_of(stages["align"], tmp_path)
     text = params_of(stages["text_math"], tmp_path)
-    tower = [k for k in align if k.startswith("vision_tower/")]
-    assert tower
-    for key in tower:
-        np.testing.assert_array_equal(align[key], clip["vision_model/" + key[len("vision_tower/"):]],
-                                      err_msg=key)
+    for key in assert_tower_is_clip_math(align, params_of(stages["clip_math"], tmp_path)):
         np.testing.assert_array_equal(text[key], align[key], err_msg=key)
     decoder = [k for k in align if k.startswith("decoder/")]
     assert any(not np.array_equal(align[k], text[k]) for k in decoder)
@@ -184,10 +189,5 @@ def test_grounding_chain_reads_the_picture(tmp_path):
     mean, spread = align_stats
     assert np.abs(mean).max() > 1e-2 and not np.allclose(spread, 1.0)  # measured, not the identity
 
-    clip = params_of(stages["clip_math"], tmp_path)
-    instruct = params_of(stages["instruct"], tmp_path)
-    tower = [k for k in instruct if k.startswith("vision_tower/")]
-    assert tower
-    for key in tower:
-        np.testing.assert_array_equal(instruct[key], clip["vision_model/" + key[len("vision_tower/"):]],
-                                      err_msg=key)
+    assert_tower_is_clip_math(params_of(stages["instruct"], tmp_path),
+                              params_of(stages["clip_math"], tmp_path))
