@@ -62,10 +62,12 @@ def state_bytes(state) -> int:
     return sum(nbytes(x) for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
 
 
-# A saved step is the raw array bytes plus orbax's metadata and per-array chunk headers, which for
-# small models add a third or more; trained (incompressible) weights come out up to ~1.35× raw here.
-# The space check must err on the safe side, so it budgets 1.5× per checkpoint.
-CHECKPOINT_OVERHEAD = 1.5
+# A saved step is the raw array bytes plus orbax's metadata and per-array chunk headers, and OCDBT's
+# data files, whose layout depends on the timing of the writes: the same trained tiny run (text_demo,
+# 40 steps, 1.29 MB raw) saved 0.92× raw on 1 device, 1.06–1.21× on 8 fake CPU devices, and 2.26× on 8
+# devices while the test suite loaded both cores (1.15× for the step before it, same run). The space
+# check must err on the safe side, so it budgets 3× per checkpoint.
+CHECKPOINT_OVERHEAD = 3.0
 
 
 def checkpoint_bytes(state) -> int:

@@ -208,11 +208,11 @@ def test_full_disk_is_reported_before_training(straight, tmp_path, monkeypatch):
     saver.save(1, trainer.state)
     saver.close()
     # The estimate is an upper bound of a real checkpoint, untrained (zero Adam moments compress) or
-    # trained (the reference run's last step), and not a wild one: raw array bytes are at least 2/3 of it.
+    # trained (the reference run's last step), and not a wild one: raw array bytes are at least 1/3 of it.
     written = ckpt_lib.directory_bytes(os.path.join(saver.directory, "1"))
     trained = ckpt_lib.directory_bytes(os.path.join(straight, "checkpoints", str(STEPS)))
     raw = ckpt_lib.state_bytes(trainer.state)
-    assert written <= one and trained <= one and raw >= one / 1.5 - 1, (one, raw, written, trained)
+    assert written <= one and trained <= one and raw >= one / 3 - 1, (one, raw, written, trained)
     # Existing checkpoints are space already held: only the rest is asked for.
     held = ckpt_lib.directory_bytes(saver.directory)
     assert saver.check_space(trainer.state) == max(one, 3 * one - held)
