@@ -5,7 +5,8 @@
 
 From the grounding chain's aligned model (``init``), ``steps`` steps of instruction tuning on
 ``function_shape`` problems in the text-dominant and vision-dominant versions, letter answers, the image
-tower frozen and its features standardised with the statistics alignment measured (as in the chain); every 500 steps the held-out evaluator asks 128 problems per version and a control shows each
+tower frozen and its features standardised with the statistics alignment measured (as in the chain);
+every 500 steps the held-out evaluator asks 128 problems per version and a control shows each
 vision-dominant question another problem's diagram. The text-dominant curve says how fast the model
 learns the letter when the text states it; the vision-dominant one, against its control, whether it
 learns it from the picture.

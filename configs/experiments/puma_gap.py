@@ -30,7 +30,11 @@ FAMILIES = ("function_shape",)
 def get_config(arg=None):
     arg = mc.parse_arg(arg, scale=1.0, eval_examples=128, steps=150)
     config = mc.load(f"{GROUNDING}:scale={arg.scale},eval_examples={arg.eval_examples}")
-    steps = max(2, int(arg.steps * arg.scale))
+
+    def scaled(n):
+        return max(2, int(n * arg.scale))
+
+    steps = scaled(arg.steps)
     evaluators = (recipes.engine_eval(("text_dominant", "vision_dominant"), arg.eval_examples,
                                       FAMILIES),)
     shared = {"data.families": FAMILIES, "data.answer": "letter", "data.seq_len": 400,
@@ -43,7 +47,7 @@ def get_config(arg=None):
         config.stages = (
             clip_math, align,
             {"name": "text_sft",
-             "config": f"mavis/instruct.py:size=tiny,steps={max(2, int(300 * arg.scale))},eval_examples=0",
+             "config": f"mavis/instruct.py:size=tiny,steps={scaled(300)},eval_examples=0",
              "init_from": "align", "set": {**shared, "data.version": "text_only"}},
             {"name": "puma_kl", "config": f"math_puma/kl_align.py:size=tiny,steps={steps},eval_examples=0",
              "init_from": "text_sft", "set": branch},

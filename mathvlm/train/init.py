@@ -1,8 +1,8 @@
 """Where a stage's weights start: random init (the model registry), a transformers folder
 (``init.hf``), or a previous stage's checkpoint (``init.checkpoint``, a workdir or checkpoint folder).
 
-``init.params`` maps parameter (and statistic) paths of the previous stage onto this stage's, as comma-separated
-``source:destination`` prefixes (``"image_tower:vision_tower"``: MAVIS stage 2 takes the CLIP-Math image
+``init.params`` maps parameter (and statistic) paths of the previous stage onto this stage's, as
+comma-separated ``source:destination`` prefixes (``"image_tower:vision_tower"``: MAVIS stage 2 takes the CLIP-Math image
 tower of stage 1); a bare ``prefix`` keeps its path; empty = every parameter of this model. Only the
 named parameters are loaded; the rest keep their fresh initialisation.
 """

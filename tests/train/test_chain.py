@@ -169,12 +169,13 @@ def test_grounding_chain_reads_the_picture(tmp_path):
     config = mc.load(spec)
     stages, base = {stage["name"]: stage for stage in config.stages}, config.config_dir
 
+    configs = {name: stage_config(stages[name], str(tmp_path), base) for name in ("align", "instruct")}
+
     def stats(name):
-        model, _ = load_model(stage_config(stages[name], str(tmp_path), base),
-                              checkpoint=str(tmp_path / name))
+        model, _ = load_model(configs[name], checkpoint=str(tmp_path / name))
         return model, np.asarray(model.feature_stats[...])
 
-    align_config = stage_config(stages["align"], str(tmp_path), base)
+    align_config = configs["align"]
     align, align_stats = stats("align")
     _, instruct_stats = stats("instruct")
     np.testing.assert_array_equal(instruct_stats, align_stats)
