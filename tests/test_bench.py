@@ -41,9 +41,11 @@ def test_decode(capsys):
     # float32 on both sides: greedy decoding of the same weights gives the same tokens (in bf16 the
     # two implementations may part at a near-tie of logits, which says nothing about correctness).
     figures = _run(["decode", "--quick", "--batches", "1,2", "--dtype", "float32"], capsys)
+    assert all(v > 0 for v in figures["read_gb_per_s_by_threads"].values())
     for batch in ("1", "2"):
         result = figures["batch"][batch]
-        _positive(result, "jax_tokens_per_s", "jax_ms_per_step")
+        _positive(result, "jax_tokens_per_s", "jax_ms_per_step", "min_mb_per_step",
+                  "ceiling_tokens_per_s", "jax_read_gb_per_s")
         assert result["jax_recompiles"] == 0
         if "torch_tokens_per_s" in result:
             _positive(result, "torch_tokens_per_s", "speedup")

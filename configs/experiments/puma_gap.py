@@ -16,6 +16,11 @@ tower stays frozen so the calibrated statistics hold; Math-PUMA trains the tower
 
 After each branch the held-out evaluator asks text-dominant and vision-dominant problems; the gap
 between the two is in ``<workdir>/summary.md``.
+
+Options: ``lams=0+0.5`` adds ``puma_lam<λ>`` branches — the ``puma_kl`` branch with another λ, and
+λ = 0 is its control (the same pair stream, CE on the vision-rich members only, no KL);
+``seed=N`` reruns the branches on another data stream (stages named ``..._s<N>``; the shared
+stages are trained once); ``mode=standard`` switches the KL branches to the token-mean KL.
 """
 
 import os
@@ -24,11 +29,13 @@ from mathvlm import config as mc
 from mathvlm import recipes
 
 GROUNDING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grounding.py")
+KL_ALIGN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "math_puma",
+                        "kl_align.py")
 FAMILIES = ("function_shape",)
 
 
 def get_config(arg=None):
-    arg = mc.parse_arg(arg, scale=1.0, eval_examples=128, steps=150)
+    arg = mc.parse_arg(arg, scale=1.0, eval_examples=128, steps=150, lams="", seed=0, mode="official")
     config = mc.load(f"{GROUNDING}:scale={arg.scale},eval_examples={arg.eval_examples}")
 
     def scaled(n):
@@ -40,7 +47,18 @@ def get_config(arg=None):
     shared = {"data.families": FAMILIES, "data.answer": "letter", "data.seq_len": 400,
               "data.length_buckets": (200, 300, 400), "eval.evaluators": evaluators,
               "eval.max_new_tokens": 64, "model.feature_norm": "calibrated"}
-    branch = {**shared, "train.trainable": "projector", "optim.lr": 1e-3}
+    branch = {**shared, "train.trainable": "projector", "optim.lr": 1e-3, "seed": config.seed + arg.seed}
+    suffix = f"_s{arg.seed}" if arg.seed else ""
+
+    released = dict(mc.load(f"{KL_ALIGN}:size=tiny").loss.terms[0])  # λ = 0.1, α = 0.5, T = 1
+
+    def kl_branch(name, lam):
+        term = {**released, "mode": arg.mode, "lam": lam}
+        return {"name": name + suffix,
+                "config": f"math_puma/kl_align.py:size=tiny,steps={steps},eval_examples=0",
+                "init_from": "text_sft", "set": {**branch, "loss.terms": (term,)}}
+
+    lams = [float(x) for x in str(arg.lams).split("+") if x != ""]
     clip_math, align = config.stages[:2]
     with config.unlocked():
         config.name = "experiment: Math-PUMA KL alignment vs next-token training on vision-rich members"
@@ -49,9 +67,10 @@ def get_config(arg=None):
             {"name": "text_sft",
              "config": f"mavis/instruct.py:size=tiny,steps={scaled(300)},eval_examples=0",
              "init_from": "align", "set": {**shared, "data.version": "text_only"}},
-            {"name": "puma_kl", "config": f"math_puma/kl_align.py:size=tiny,steps={steps},eval_examples=0",
-             "init_from": "text_sft", "set": branch},
-            {"name": "ntp_weak", "config": f"math_puma/instruct.py:size=tiny,steps={steps},eval_examples=0",
+            kl_branch("puma_kl", released["lam"]),
+            {"name": "ntp_weak" + suffix,
+             "config": f"math_puma/instruct.py:size=tiny,steps={steps},eval_examples=0",
              "init_from": "text_sft", "set": {**branch, "data.version": "vision_dominant"}},
+            *(kl_branch(f"puma_lam{lam:g}", lam) for lam in lams),
         )
     return mc.finalize(config)

@@ -70,6 +70,28 @@ def matmul_peak(size: int = 4096, reps: int = 3, timings: Timings | None = None)
     return timings
 
 
+def read_bandwidth(megabytes: int = 512, reps: int = 3) -> dict[int, float]:
+    """This machine's memory read bandwidth in GB/s, keyed by thread count (1 and every core): numpy
+    sums a float32 array far larger than the caches, split evenly over the threads (numpy's
+    reductions release the GIL). Decoding at small batch reads every weight once per token, so this
+    bounds its tokens/s whatever the kernels (``decode``'s ceiling column)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    data = np.ones(megabytes * 2 ** 20 // 4, np.float32)
+    result = {}
+    for threads in sorted({1, os.cpu_count() or 1}):
+        parts = np.array_split(data, threads)
+        timings = Timings()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(np.sum, parts))                  # warm-up: pages touched, threads started
+            for _ in range(reps):
+                timings.time(lambda: list(pool.map(np.sum, parts)))
+        result[threads] = data.nbytes / timings.best / 1e9
+    return result
+
+
 def matmul_flops(size: int) -> float:
     return 2.0 * size ** 3
 

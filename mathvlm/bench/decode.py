@@ -7,6 +7,13 @@ exactly ``--new`` tokens (no stop token). Calls alternate (JAX, torch, JAX, ...)
 machine hits both alike. The JAX side is one compiled program per shape (prefill + ``lax.while_loop``);
 the table also shows how long the call takes to return before the result is ready (host work per
 call) and whether any timed call recompiled.
+
+The last columns are the machine's ceiling for this model: each step must read every weight once and
+the keys and values cached so far (:func:`min_bytes_per_step`) and do ``2·params`` FLOPs per token plus
+attention (:func:`flops_per_step`). At the read bandwidth (:func:`mathvlm.bench.common.read_bandwidth`,
+all cores) and the bf16 matmul peak (:func:`mathvlm.bench.common.matmul_peak`) measured in the same run,
+no implementation exceeds ``batch / max(bytes / bandwidth, flops / peak)`` tokens/s; "GB/s" is the
+rate the mathvlm step reads those bytes at.
 """
 
 from __future__ import annotations
@@ -33,6 +40,22 @@ def _prompts(vocab: int, batch: int, length: int) -> tuple[np.ndarray, np.ndarra
     rng = np.random.default_rng(batch)
     return (rng.integers(3, vocab, (batch, length)).astype(np.int32),
             np.ones((batch, length), np.int32))
+
+
+def min_bytes_per_step(fields: dict, itemsize: int, params: int, batch: int, prompt: int,
+                       new: int) -> float:
+    """Bytes a decode step cannot avoid reading, averaged over the ``new`` steps: every parameter once
+    plus the keys and values of the tokens so far (``prompt + new/2`` on average)."""
+    kv_per_token = 2 * fields["num_layers"] * fields["num_kv_heads"] * fields["head_dim"] * itemsize
+    return params * itemsize + batch * kv_per_token * (prompt + new / 2)
+
+
+def flops_per_step(fields: dict, params: int, batch: int, prompt: int, new: int) -> float:
+    """FLOPs of a decode step averaged over the ``new`` steps: ``2·params`` per row (each weight one
+    multiply-add; the embedding lookup counted too, a slight over-count) plus the attention scores
+    and weighted sum over the ``prompt + new/2`` cached positions."""
+    attention = 4 * fields["num_layers"] * fields["num_heads"] * fields["head_dim"] * (prompt + new / 2)
+    return batch * (2 * params + attention)
 
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,8 +91,14 @@ def run(args) -> dict:
             torch_model = LlamaForCausalLM.from_pretrained(folder, dtype=getattr(torch, args.dtype))
         torch_model.eval()
 
+    bandwidth = common.read_bandwidth(64 if args.quick else 512)
+    peak_bandwidth = max(bandwidth.values())
+    peak_size = 1024 if args.quick else 4096
+    peak_flops = common.matmul_flops(peak_size) / common.matmul_peak(peak_size).best
+    itemsize = jax.numpy.dtype(args.dtype).itemsize
     figures = {"config": {**fields, "dtype": args.dtype, "new_tokens": new, "prompt": prompt_len},
-               "params": int(params), "machine": common.machine(), "batch": {}}
+               "params": int(params), "machine": common.machine(), "batch": {},
+               "read_gb_per_s_by_threads": bandwidth, "peak_tflops": peak_flops / 1e12}
     rows = []
     for batch in batches:
         tokens, mask = _prompts(fields["vocab_size"], batch, prompt_len)
@@ -99,6 +128,13 @@ def run(args) -> dict:
                   "jax_ms_per_step": 1e3 * jax_t.median / new,
                   "jax_compile_and_first_call_s": first.best,
                   "jax_dispatch_ms": 1e3 * dispatch.median, "jax_recompiles": int(recompiles)}
+        step_bytes = min_bytes_per_step(fields, itemsize, params, batch, prompt_len, new)
+        step_seconds = max(step_bytes / (peak_bandwidth * 1e9),
+                           flops_per_step(fields, params, batch, prompt_len, new) / peak_flops)
+        result.update(min_mb_per_step=step_bytes / 1e6,
+                      memory_ceiling_tokens_per_s=batch * peak_bandwidth * 1e9 / step_bytes,
+                      ceiling_tokens_per_s=batch / step_seconds,
+                      jax_read_gb_per_s=step_bytes / (jax_t.median / new) / 1e9)
         row = [f"batch {batch}", result["jax_tokens_per_s"], result["jax_ms_per_step"]]
         if torch_model is not None:
             result.update(torch_tokens_per_s=batch * new / torch_t.median,
@@ -112,14 +148,17 @@ def run(args) -> dict:
                     f"x{result['speedup']:.2f}", f"{result['agreement']:.0%}"]
         else:
             row += ["", "", "", ""]
-        row += [f"{result['jax_dispatch_ms']:.1f} ms", result["jax_recompiles"]]
+        row += [f"{result['jax_dispatch_ms']:.1f} ms", result["jax_recompiles"],
+                result["min_mb_per_step"], result["ceiling_tokens_per_s"], result["jax_read_gb_per_s"]]
         rows.append(row)
         figures["batch"][str(batch)] = result
     print(common.table(
         f"decode: {params / 1e6:.1f}M-param LLaMA in {args.dtype}, greedy, prompt {prompt_len}, "
-        f"{new} new tokens, {reps} timed call(s) per side; load {figures['machine']['load_avg_1m']}",
+        f"{new} new tokens, {reps} timed call(s) per side; load {figures['machine']['load_avg_1m']}; "
+        "read bandwidth " + ", ".join(f"{v:.1f} GB/s ({k} thr)" for k, v in bandwidth.items())
+        + f", bf16 matmul peak {peak_flops / 1e12:.3f} TFLOP/s",
         ["", "mathvlm tok/s", "ms/step", "transformers tok/s (threads)", "ms/step", "ratio", "same tokens",
-         "host per call", "recompiles"], rows))
+         "host per call", "recompiles", "min MB/step", "ceiling tok/s", "mathvlm GB/s"], rows))
     if torch_model is not None:
         figures["speedup_min"] = min(r["speedup"] for r in figures["batch"].values())
     return figures

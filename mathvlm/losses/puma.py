@@ -104,7 +104,9 @@ def puma_kl_loss(strong_logits, weak_logits, strong_loss_mask, weak_targets, wea
     (in ``official`` it carries the inner T²); ``kl_act_ref`` = KL(p_a‖p_r) and ``kl_ref_act`` =
     KL(p_r‖p_a), reduced as the mode says, without T²; ``ce``; ``aligned_tokens``;
     ``mismatched_pairs`` (pairs whose answer token counts differ, truncated to the shorter);
-    ``truncated_pairs`` (pairs cut at ``max_answer_tokens``).
+    ``truncated_pairs`` (pairs cut at ``max_answer_tokens``); ``teacher_entropy`` (nats) and
+    ``teacher_label_prob``: token means over the aligned positions of H(p_r) and of p_r at the weak
+    member's target there — how much the target distribution says beyond the labels.
     """
     if mode not in MODES:
         raise ValueError(f"unknown puma_kl mode {mode!r}; choose one of {MODES}")
@@ -144,10 +146,21 @@ def puma_kl_loss(strong_logits, weak_logits, strong_loss_mask, weak_targets, wea
     ce, _ = next_token_loss(weak_logits, weak_targets, weak_loss_mask, reduction=ce_reduction)
     total = lam * kl * t2 + (1 - lam) * ce
 
+    # What the target knows beyond the labels: where p_r is one-hot on the label (entropy 0, label
+    # probability 1), KL(p_r‖p_a) = −log p_a(label), i.e. the CE term again, and the KL adds no
+    # information ("dark knowledge") to the weak member's own next-token loss.
+    labels = jnp.take_along_axis(jnp.asarray(weak_targets), weak_index, axis=1)
+    p_ref = jnp.exp(log_p_ref)
+    tokens = jnp.sum(aligned)
+    teacher_entropy = safe_divide(jnp.sum(-jnp.sum(p_ref * log_p_ref, axis=-1) * aligned), tokens)
+    teacher_label_prob = safe_divide(
+        jnp.sum(jnp.take_along_axis(p_ref, labels[..., None], axis=-1)[..., 0] * aligned), tokens)
+
     has_pair = (strong_count > 0) | (weak_count > 0)
     metrics = {
         "loss": total, "kl": kl, "kl_act_ref": kl_act_ref, "kl_ref_act": kl_ref_act, "ce": ce,
-        "aligned_tokens": jnp.sum(aligned),
+        "aligned_tokens": tokens, "teacher_entropy": teacher_entropy,
+        "teacher_label_prob": teacher_label_prob,
         "mismatched_pairs": jnp.sum(has_pair & (strong_count != weak_count)).astype(jnp.float32),
         "truncated_pairs": jnp.sum(aligned_count > strong_index.shape[1]).astype(jnp.float32),
     }

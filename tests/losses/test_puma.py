@@ -187,6 +187,25 @@ def test_members_cut_to_different_lengths_give_the_same_loss(mode):
     np.testing.assert_allclose(float(padded["kl"]), float(metrics["kl"]), rtol=1e-6)
 
 
+def test_teacher_diagnostics_one_hot_target_makes_kl_the_ce_term():
+    # A confident teacher that is right carries nothing beyond the labels: KL(p_r‖p_a) = CE(weak).
+    strong, weak = pair(6)
+    s_sel, w_sel = strong["loss_mask"] > 0, weak["loss_mask"] > 0
+    confident = np.full_like(strong["logits"], -30.0)
+    rows, cols = np.nonzero(s_sel)
+    confident[rows, cols, weak["targets"][w_sel]] = 30.0    # the k-th answer token of the pair
+    strong = dict(strong, logits=confident)
+    _, metrics, _ = run(strong, weak, mode="standard", lam=0.5)
+    assert float(metrics["teacher_entropy"]) < 1e-6
+    assert float(metrics["teacher_label_prob"]) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(float(metrics["kl_ref_act"]), float(metrics["ce"]), rtol=1e-5)
+    # A flat teacher knows nothing: entropy log V, label probability 1/V.
+    flat = dict(strong, logits=np.zeros_like(strong["logits"]))
+    _, metrics, _ = run(flat, weak, mode="standard")
+    assert float(metrics["teacher_entropy"]) == pytest.approx(np.log(VOCAB), rel=1e-5)
+    assert float(metrics["teacher_label_prob"]) == pytest.approx(1 / VOCAB, rel=1e-5)
+
+
 def test_max_answer_tokens_truncates_and_reports():
     strong, weak = pair(4)
     _, metrics, _ = run(strong, weak, mode="standard", max_answer_tokens=4)
