@@ -20,7 +20,7 @@ between the two is in ``<workdir>/summary.md``.
 Options: ``lams=0+0.5`` adds ``puma_lam<λ>`` branches — the ``puma_kl`` branch with another λ, and
 λ = 0 is its control (the same pair stream, CE on the vision-rich members only, no KL);
 ``seed=N`` reruns the branches on another data stream (stages named ``..._s<N>``; the shared
-stages are trained once); ``mode=standard`` switches the KL branches to the token-mean KL.
+stages are trained once); ``mode=standard`` switches the KL branches to the token-mean KL (stages named ``..._standard``).
 """
 
 import os
@@ -54,7 +54,8 @@ def get_config(arg=None):
 
     def kl_branch(name, lam):
         term = {**released, "mode": arg.mode, "lam": lam}
-        return {"name": name + suffix,
+        mode = "" if arg.mode == "official" else f"_{arg.mode}"
+        return {"name": name + mode + suffix,
                 "config": f"math_puma/kl_align.py:size=tiny,steps={steps},eval_examples=0",
                 "init_from": "text_sft", "set": {**branch, "loss.terms": (term,)}}
 

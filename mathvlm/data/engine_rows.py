@@ -57,12 +57,14 @@ def instruct_form(seed: int, index: int, versions, multiple_choice: float) -> tu
 
 
 def _pair_member(record: dict, side: str) -> dict:
-    """The instruct-record view of one side of a pair record (its question; the MC form lists the same
-    options the engine drew for the problem)."""
-    question = record[side + "_question"]
-    listed = "\n".join(f"{'ABCD'[i]}. {c}" for i, c in enumerate(engine_prompts.choice_list(record)))
-    return {"id": f"{record['id']}/{side}", "question": question, "has_image": 1,
-            "question_mc": f"{question}\nPick one of the options below.\n{listed}",
+    """The instruct-record view of one side of a pair record: its question and multiple-choice form,
+    as the engine wrote them (the evaluator asks the same forms)."""
+    key = side + "_question_mc"
+    if key not in record:
+        raise KeyError(f"pair record {record.get('id', '?')} has no {key!r}: a pairs dataset built before "
+                       "engine version 1.1.0; rebuild it with python -m mathvlm.data.engine build --kind pairs")
+    return {"id": f"{record['id']}/{side}", "question": record[side + "_question"], "has_image": 1,
+            "question_mc": record[key],
             "cot": record["cot"], "cot_mc": record["cot_mc"], "answer_mc": record["answer_mc"]}
 
 

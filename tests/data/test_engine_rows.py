@@ -6,8 +6,8 @@ from ml_collections import ConfigDict
 
 from mathvlm import recipes
 from mathvlm.data import engine_prompts
-from mathvlm.data.engine import core
-from mathvlm.data.engine_rows import EngineVLMSource, instruct_form, parse_versions
+from mathvlm.data.engine import core, text
+from mathvlm.data.engine_rows import EngineVLMSource, _pair_member, instruct_form, parse_versions
 from mathvlm.data.text import load_tokenizer
 
 
@@ -67,6 +67,28 @@ def test_pair_rows_share_the_answer_and_differ_in_the_question(tokenizer):
     assert not np.array_equal(row["strong_images"], row["weak_images"])
 
 
+def test_pair_members_ask_the_evaluators_multiple_choice_forms(tokenizer):
+    # Both members ask the instruction the instruct rows and the evaluator draw from, the same one;
+    # they used to hard-code one sentence the evaluator asks only a quarter of the time.
+    source = make_source(tokenizer, "pairs", multiple_choice=1.0)
+    instructions = set()
+    for index in range(16):
+        record, row = source.engine[index], source[index]
+        asked = {}
+        for side in ("strong", "weak"):
+            question, question_mc = record[side + "_question"], record[side + "_question_mc"]
+            first_supervised = int(np.argmax(row[side + "_loss_mask"]))
+            assert question_mc in tokenizer.decode(row[side + "_tokens"][: first_supervised + 1])
+            assert question_mc.startswith(question)
+            asked[side] = question_mc[len(question):].strip().split("\n")[0]
+        assert asked["strong"] == asked["weak"] and asked["weak"] in text._MC_PROMPTS
+        instructions.add(asked["weak"])
+    assert len(instructions) > 1
+    stale = {k: v for k, v in source.engine[0].items() if not k.endswith("_question_mc")}  # built < 1.1.0
+    with pytest.raises(KeyError, match="rebuild it"):
+        _pair_member(stale, "weak")
+
+
 def test_caption_rows_supervise_the_caption_only(tokenizer):
     source = make_source(tokenizer, "caption")
     row = source[0]
@@ -90,7 +112,7 @@ def test_rows_from_a_built_dataset_equal_the_on_the_fly_rows(tokenizer, tmp_path
     from mathvlm.data.engine import builders
 
     builders.build("pairs", 3, 5, str(tmp_path), num_heldout=1, image_size=224)
-    path = str(tmp_path / "math_engine_pairs" / "1.0.0")
+    path = str(tmp_path / "math_engine_pairs" / "1.1.0")
     built = make_source(tokenizer, "pairs", path=path)
     fly = make_source(tokenizer, "pairs", families=None)  # the builder draws from every family
     assert len(built) == 3

@@ -19,8 +19,9 @@ Record keys (all kinds): ``id``, ``family`` (plane_geometry/analytic_geometry/fu
   ≈ value), ``answer_value`` (float64, NaN for non-numeric answers), ``cot``, ``cot_mc``, and
   ``question_<v>`` for every v in ``text.VERSIONS``.
 * kind ``pairs`` (Math-PUMA stage 2): the instruct texts without ``image``/``question``/``version``, plus
-  ``strong_image``/``strong_question`` (text-rich = text_dominant) and ``weak_image``/``weak_question``
-  (vision-rich = vision_dominant); same answer and CoT.
+  ``strong_image``/``strong_question``/``strong_question_mc`` (text-rich = text_dominant) and
+  ``weak_image``/``weak_question``/``weak_question_mc`` (vision-rich = vision_dominant); same answer, CoT
+  and multiple-choice instruction.
 
 Complexity levels: plane geometry = number of shapes in the deduction chain - 1 (capped at 3);
 analytic geometry = number of figures - 1, +1 for two-figure or triangle-area questions (capped at 3);

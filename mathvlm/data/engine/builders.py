@@ -22,8 +22,8 @@ _TEXT_KEYS = {
     "caption": ["id", "family", "skill", "spec", "caption"],
     "instruct": ["id", "family", "skill", "spec", "caption", "version", "question", "question_mc", "choices",
                  "answer", "answer_mc", "cot", "cot_mc"] + [f"question_{v}" for v in text.VERSIONS],
-    "pairs": ["id", "family", "skill", "spec", "caption", "strong_question", "weak_question", "choices",
-              "answer", "answer_mc", "cot", "cot_mc"],
+    "pairs": ["id", "family", "skill", "spec", "caption", "strong_question", "weak_question",
+              "strong_question_mc", "weak_question_mc", "choices", "answer", "answer_mc", "cot", "cot_mc"],
 }
 _IMAGE_KEYS = {"caption": ["image"], "instruct": ["image", "image_mc"], "pairs": ["strong_image", "weak_image"]}
 _INT_KEYS = {"caption": ["complexity"], "instruct": ["complexity", "answer_index", "has_image"],
@@ -92,6 +92,9 @@ class MathEngineInstruct(_EngineBuilder):
 
 class MathEnginePairs(_EngineBuilder):
     KIND = "pairs"
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "strong_question_mc / weak_question_mc: each member's multiple-choice "
+                              "question as the evaluator asks it (1.0.0 rows had none)."}
 
 
 BUILDERS = {"caption": MathEngineCaption, "instruct": MathEngineInstruct, "pairs": MathEnginePairs}

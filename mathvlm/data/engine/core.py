@@ -21,7 +21,7 @@ from mathvlm.data.engine.render import draw_scene, random_style, render_scene  #
 _GENERATORS = {"plane_geometry": geometry.generate, "analytic_geometry": analytic.generate,
                "function": functions.generate, "function_orientation": functions.generate_orientation,
                "function_shape": functions.generate_shape}
-_STREAM = {"family": 0, "problem": 1, "style": 2, "text": 3, "version": 4}
+_STREAM = {"family": 0, "problem": 1, "style": 2, "text": 3, "version": 4, "pair_mc": 5}
 KINDS = ("caption", "instruct", "pairs")
 IMAGE_SIZES = (224, 280, 336, 384, 448)
 
@@ -106,6 +106,11 @@ def make_record(seed: int, index: int, *, kind: str = "instruct", version: str =
         record["strong_question"] = record["question_text_dominant"]
         record["weak_image"], _ = render(problem, "vision_dominant", style)
         record["weak_question"] = record["question_vision_dominant"]
+        # The multiple-choice form as instruct rows and the held-out evaluator ask it, with one
+        # instruction drawn for both members: a pair differs only in where the information lives.
+        for side in ("strong", "weak"):
+            record[f"{side}_question_mc"] = text.mc_question(record[f"{side}_question"], options,
+                                                             rng_for(seed, index, "pair_mc"))
         return record
     if version == "mixed":
         version = text.VERSIONS[rng_for(seed, index, "version").integers(len(text.VERSIONS))]

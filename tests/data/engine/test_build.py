@@ -27,7 +27,7 @@ def test_cli_build_pairs_reads_back(tmp_path):
            "--seed", "4", "--out", str(out), "--image-size", "96"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    path = out / "math_engine_pairs" / "1.0.0"
+    path = out / "math_engine_pairs" / "1.1.0"
     assert any(f.name.endswith(tuple(f"array_record-0000{i}-of-00001" for i in range(1))) for f in path.iterdir())
     builder = tfds.builder_from_directory(str(path))
     train, held = builder.as_data_source(split="train"), builder.as_data_source(split="heldout")
@@ -36,6 +36,7 @@ def test_cli_build_pairs_reads_back(tmp_path):
     want = core.make_record(4, 0, kind="pairs", image_size=96)
     assert rows[0]["id"].decode() == want["id"]
     assert rows[0]["strong_question"].decode() == want["strong_question"]
+    assert rows[0]["weak_question_mc"].decode() == want["weak_question_mc"]
     np.testing.assert_array_equal(_image(rows[0]["weak_image"]), want["weak_image"])
     assert rows[0]["answer_value"] == pytest.approx(want["answer_value"], nan_ok=True)
     assert {r["id"] for r in (held[i] for i in range(2))}.isdisjoint({r["id"] for r in rows})
