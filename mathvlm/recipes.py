@@ -44,13 +44,16 @@ def tiny_engine_data(task: str, *, batch_size: int, seq_len: int, version="mixed
 
     Multiple choice by default: a tiny model can learn to pick a letter well before it can write a
     free-form exact answer, which is what makes its accuracy per version readable."""
-    return ConfigDict({"source": "engine_vlm", "task": task, "version": version,
+    data = ConfigDict({"source": "engine_vlm", "task": task, "version": version,
                        "multiple_choice": multiple_choice, "answer": "cot", "families": tuple(families),
                        "tokenizer": "engine", "template": template, "batch_size": batch_size,
                        "seq_len": seq_len, "image_size": TINY_IMAGE_SIZE, "render_size": 224,
                        "num_image_tokens": TINY_IMAGE_TOKENS, "max_bad_fraction": 0.05,
                        # Most rows are far shorter than the longest: three shapes, three compiles.
                        "length_buckets": (seq_len // 2, 3 * seq_len // 4, seq_len)})
+    if task == "pairs":
+        data.weak_label_noise = 0.0  # the KL ablation's knob (engine_rows); off in every recipe
+    return data
 
 
 def engine_eval(versions=("text_dominant", "text_lite", "vision_intensive", "vision_dominant",

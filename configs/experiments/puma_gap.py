@@ -20,7 +20,10 @@ between the two is in ``<workdir>/summary.md``.
 Options: ``lams=0+0.5`` adds ``puma_lam<λ>`` branches — the ``puma_kl`` branch with another λ, and
 λ = 0 is its control (the same pair stream, CE on the vision-rich members only, no KL);
 ``seed=N`` reruns the branches on another data stream (stages named ``..._s<N>``; the shared
-stages are trained once); ``mode=standard`` switches the KL branches to the token-mean KL (stages named ``..._standard``).
+stages are trained once); ``mode=standard`` switches the KL branches to the token-mean KL (stages named ``..._standard``);
+``noise=0.75`` gives that fraction of the vision-rich members of multiple-choice pairs a wrong letter
+(``data.weak_label_noise``; stages ``..._noise0.75``) — a control in which the text-rich target knows
+more than the labels, so the KL has something to transfer.
 """
 
 import os
@@ -35,7 +38,8 @@ FAMILIES = ("function_shape",)
 
 
 def get_config(arg=None):
-    arg = mc.parse_arg(arg, scale=1.0, eval_examples=128, steps=150, lams="", seed=0, mode="official")
+    arg = mc.parse_arg(arg, scale=1.0, eval_examples=128, steps=150, lams="", seed=0, mode="official",
+                       noise=0.0)
     config = mc.load(f"{GROUNDING}:scale={arg.scale},eval_examples={arg.eval_examples}")
 
     def scaled(n):
@@ -55,9 +59,10 @@ def get_config(arg=None):
     def kl_branch(name, lam):
         term = {**released, "mode": arg.mode, "lam": lam}
         mode = "" if arg.mode == "official" else f"_{arg.mode}"
-        return {"name": name + mode + suffix,
+        noise = {"data.weak_label_noise": arg.noise} if arg.noise else {}
+        return {"name": name + mode + (f"_noise{arg.noise:g}" if arg.noise else "") + suffix,
                 "config": f"math_puma/kl_align.py:size=tiny,steps={steps},eval_examples=0",
-                "init_from": "text_sft", "set": {**branch, "loss.terms": (term,)}}
+                "init_from": "text_sft", "set": {**branch, **noise, "loss.terms": (term,)}}
 
     lams = [float(x) for x in str(arg.lams).split("+") if x != ""]
     clip_math, align = config.stages[:2]

@@ -73,7 +73,8 @@ class EngineVLMSource:
     """Tokenised engine rows (see module docstring). Config keys besides the pipeline's (``seq_len``,
     ``template``, ``image_size``, ``image_preprocess``, ``num_image_tokens``): ``task``, ``version``,
     ``multiple_choice`` (0–1), ``answer`` (``cot`` or ``short``: the answer line alone), ``families``, ``split`` (train/heldout), ``num_examples``,
-    ``render_size`` (engine canvas in px before preprocessing; default 224), ``path`` (a built dataset)."""
+    ``render_size`` (engine canvas in px before preprocessing; default 224), ``path`` (a built dataset),
+    ``weak_label_noise`` (pairs, letter answers: the fraction of vision-rich members given a wrong letter)."""
 
     def __init__(self, data_config, *, seed: int, tokenizer):
         get = data_config.get
@@ -88,6 +89,13 @@ class EngineVLMSource:
                              "thought, or the answer line alone)")
         if not 0.0 <= self.multiple_choice <= 1.0:
             raise ValueError(f"data.multiple_choice={self.multiple_choice} must be a fraction in [0, 1]")
+        # An ablation for Math-PUMA's KL: the vision-rich member of this fraction of pairs is trained on
+        # a wrong option letter, so the text-rich target knows more than the labels.
+        self.weak_label_noise = float(get("weak_label_noise", 0.0))
+        if self.weak_label_noise and (self.task != "pairs" or self.answer != "letter"
+                                      or not 0.0 < self.weak_label_noise < 1.0):
+            raise ValueError(f"data.weak_label_noise={self.weak_label_noise}: a fraction in (0, 1), for "
+                             "data.task='pairs' with data.answer='letter' (the letter is what it changes)")
         if not get("image_size", 0):
             raise ValueError("source engine_vlm needs data.image_size (the model's input resolution)")
         engine_config = {"kind": "caption" if self.task == "caption" else self.task,
@@ -98,6 +106,15 @@ class EngineVLMSource:
         self.built = BuiltRecords(get("path"), get("split", "train")) if get("path", None) else None
         self.build = RowBuilder(data_config, tokenizer, default_template="plain")
         self._levels = None
+
+    def _noisy_letter(self, index: int, record: dict) -> str:
+        """The answer letter, or for ``weak_label_noise`` of the indices another option's (seeded)."""
+        rng = np.random.default_rng([self.engine.seed, index, 23])
+        letter = str(record["answer_mc"]).strip().upper()
+        if rng.random() >= self.weak_label_noise:
+            return letter
+        others = [c for c in "ABCD"[:len(engine_prompts.choice_list(record))] if c != letter]
+        return others[rng.integers(len(others))]
 
     def __len__(self) -> int:
         return len(self.built) if self.built is not None else len(self.engine)
@@ -130,11 +147,13 @@ class EngineVLMSource:
         if self.task == "pairs":
             record = self._record(index)
             _, mc = instruct_form(self.engine.seed, index, self.versions, self.multiple_choice)
+            sides = {side: _pair_member(record, side) for side in ("strong", "weak")}
+            if mc and self.weak_label_noise:
+                sides["weak"]["answer_mc"] = self._noisy_letter(index, record)
             members = {side: self.build({
                 "id": f"{record['id']}/{side}", "images": [record[side + "_image"]],
-                "conversation": engine_prompts.engine_conversation(_pair_member(record, side), mc,
-                                                                   answer=self.answer)})
-                for side in ("strong", "weak")}
+                "conversation": engine_prompts.engine_conversation(member, mc, answer=self.answer)})
+                for side, member in sides.items()}
             return join_members(members) | {"level": np.int32(record["complexity"])}
         e = self.engine
         version, mc = instruct_form(e.seed, index, self.versions, self.multiple_choice)
