@@ -23,7 +23,10 @@ Options: ``lams=0+0.5`` adds ``puma_lam<λ>`` branches — the ``puma_kl`` branc
 stages are trained once); ``mode=standard`` switches the KL branches to the token-mean KL (stages named ``..._standard``);
 ``noise=0.75`` gives that fraction of the vision-rich members of multiple-choice pairs a wrong letter
 (``data.weak_label_noise``; stages ``..._noise0.75``) — a control in which the text-rich target knows
-more than the labels, so the KL has something to transfer.
+more than the labels, so the KL has something to transfer; its comparison is λ = 0 (CE on the same noisy
+vision-rich members), and ``ntp=0`` leaves out ``ntp_weak`` (clean labels). CI runs that control at half
+the shared stages' budget (``scale=0.5,steps=300``: 150 branch steps) and asserts its direction
+(``tests/train/test_chain.py``).
 """
 
 import os
@@ -39,7 +42,7 @@ FAMILIES = ("function_shape",)
 
 def get_config(arg=None):
     arg = mc.parse_arg(arg, scale=1.0, eval_examples=128, steps=150, lams="", seed=0, mode="official",
-                       noise=0.0)
+                       noise=0.0, ntp=True)
     config = mc.load(f"{GROUNDING}:scale={arg.scale},eval_examples={arg.eval_examples}")
 
     def scaled(n):
@@ -74,9 +77,10 @@ def get_config(arg=None):
              "config": f"mavis/instruct.py:size=tiny,steps={scaled(300)},eval_examples=0",
              "init_from": "align", "set": {**shared, "data.version": "text_only"}},
             kl_branch("puma_kl", released["lam"]),
-            {"name": "ntp_weak" + suffix,
-             "config": f"math_puma/instruct.py:size=tiny,steps={steps},eval_examples=0",
-             "init_from": "text_sft", "set": {**branch, "data.version": "vision_dominant"}},
+            *([{"name": "ntp_weak" + suffix,
+                "config": f"math_puma/instruct.py:size=tiny,steps={steps},eval_examples=0",
+                "init_from": "text_sft", "set": {**branch, "data.version": "vision_dominant"}}]
+              if arg.ntp else []),
             *(kl_branch(f"puma_lam{lam:g}", lam) for lam in lams),
         )
     return mc.finalize(config)
