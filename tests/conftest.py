@@ -17,6 +17,12 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``long`` first (stable otherwise): xdist hands out tests in this order, and a
+    multi-minute test collected last leaves the other worker idle while it runs."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture(autouse=True)
 def _fixed_seeds():
     random.seed(0)

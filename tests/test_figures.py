@@ -28,6 +28,7 @@ def test_puma_groups_branches_by_setting_and_seed_and_keeps_the_last_evaluation(
     branch(tmp_path, "ntp_weak_s1", 0.8, 0.4)
     branch(tmp_path, "puma_kl_noise0.75", 0.9, 0.45)
     branch(tmp_path, "puma_lam0_noise0.75_s2", 0.85, 0.3)
+    branch(tmp_path, "puma_kl_standard_T4", 0.95, 0.55)
     branch(tmp_path, "text_sft", 1.0, 0.2)  # the shared stage: not a branch
     os.makedirs(tmp_path / "clip_math")
     out = tmp_path / "puma.png"
@@ -38,7 +39,10 @@ def test_puma_groups_branches_by_setting_and_seed_and_keeps_the_last_evaluation(
         "": {"ntp_weak": {"text_dominant": [0.9, 0.8], "vision_dominant": [0.5, 0.4]}},
         "_noise0.75": {"puma_kl": {"text_dominant": [0.9], "vision_dominant": [0.45]},
                        "puma_lam0": {"text_dominant": [0.85], "vision_dominant": [0.3]}},
+        "_standard_T4": {"puma_kl": {"text_dominant": [0.95], "vision_dominant": [0.55]}},
     }
+    assert figures._describe("_standard_T4") == ("Math-PUMA branches: clean engine data, token-mean KL, "
+                                                 "KL temperature 4")
     assert figures._ordered(["puma_kl", "puma_lam0.5", "ntp_weak", "puma_lam0"]) == [
         "ntp_weak", "puma_lam0", "puma_kl", "puma_lam0.5"]
 

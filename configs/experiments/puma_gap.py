@@ -21,11 +21,13 @@ Options: ``lams=0+0.5`` adds ``puma_lam<λ>`` branches — the ``puma_kl`` branc
 λ = 0 is its control (the same pair stream, CE on the vision-rich members only, no KL);
 ``seed=N`` reruns the branches on another data stream (stages named ``..._s<N>``; the shared
 stages are trained once); ``mode=standard`` switches the KL branches to the token-mean KL (stages named ``..._standard``);
+``temp=4`` sets the KL temperature (the release's is 1; stages ``..._T4``: soft targets carry how
+the text-rich pass ranks the wrong options — in the release's mode T² applies twice, as it did there);
 ``noise=0.75`` gives that fraction of the vision-rich members of multiple-choice pairs a wrong letter
 (``data.weak_label_noise``; stages ``..._noise0.75``) — a control in which the text-rich target knows
 more than the labels, so the KL has something to transfer; its comparison is λ = 0 (CE on the same noisy
-vision-rich members), and ``ntp=0`` leaves out ``ntp_weak`` (clean labels). CI runs that control at half
-the shared stages' budget (``scale=0.5,steps=300``: 150 branch steps) and asserts its direction
+vision-rich members), and ``ntp=0`` leaves out ``ntp_weak`` (clean labels). CI runs that control after
+the half-budget grounding chain (``scale=0.5,steps=300``: 150 branch steps) and asserts its direction
 (``tests/train/test_chain.py``).
 """
 
@@ -42,7 +44,7 @@ FAMILIES = ("function_shape",)
 
 def get_config(arg=None):
     arg = mc.parse_arg(arg, scale=1.0, eval_examples=128, steps=150, lams="", seed=0, mode="official",
-                       noise=0.0, ntp=True)
+                       noise=0.0, ntp=True, temp=1.0)
     config = mc.load(f"{GROUNDING}:scale={arg.scale},eval_examples={arg.eval_examples}")
 
     def scaled(n):
@@ -60,10 +62,11 @@ def get_config(arg=None):
     released = dict(mc.load(f"{KL_ALIGN}:size=tiny").loss.terms[0])  # λ = 0.1, α = 0.5, T = 1
 
     def kl_branch(name, lam):
-        term = {**released, "mode": arg.mode, "lam": lam}
+        term = {**released, "mode": arg.mode, "lam": lam, "temperature": arg.temp}
         mode = "" if arg.mode == "official" else f"_{arg.mode}"
+        temp = "" if arg.temp == released["temperature"] else f"_T{arg.temp:g}"
         noise = {"data.weak_label_noise": arg.noise} if arg.noise else {}
-        return {"name": name + mode + (f"_noise{arg.noise:g}" if arg.noise else "") + suffix,
+        return {"name": name + mode + temp + (f"_noise{arg.noise:g}" if arg.noise else "") + suffix,
                 "config": f"math_puma/kl_align.py:size=tiny,steps={steps},eval_examples=0",
                 "init_from": "text_sft", "set": {**branch, **noise, "loss.terms": (term,)}}
 

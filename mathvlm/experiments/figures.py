@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 from mathvlm.train.metrics import read_metrics
+from mathvlm.train.summary import save_plot
 
 CLIP_MATH = {"diagram → caption R@1": "retrieval/i2t_r@1", "caption → diagram R@1": "retrieval/t2i_r@1"}
 GROUNDING = {"vision-dominant": "engine/version/vision_dominant",
@@ -30,7 +31,7 @@ GROUNDING = {"vision-dominant": "engine/version/vision_dominant",
              "text-dominant": "engine/version/text_dominant"}
 VERSIONS = ("text_dominant", "vision_dominant")
 # puma_gap.py's branch stages: family, then optional mode, label noise and seed suffixes
-_BRANCH = re.compile(r"^(?P<family>ntp_weak|puma_kl|puma_lam[0-9.]+)(?P<setting>(_standard)?(_noise[0-9.]+)?)"
+_BRANCH = re.compile(r"^(?P<family>ntp_weak|puma_kl|puma_lam[0-9.]+)(?P<setting>(_standard)?(_T[0-9.]+)?(_noise[0-9.]+)?)"
                      r"(_s(?P<seed>\d+))?$")
 _ORDER = ("ntp_weak", "puma_lam0", "puma_kl", "puma_lam0.5")
 
@@ -85,7 +86,8 @@ def _describe(setting: str) -> str:
     parts = ["clean engine data"] if "_noise" not in setting else []
     for part in filter(None, setting.split("_")):
         parts.append(f"{float(part[5:]):.0%} of vision-rich letters wrong" if part.startswith("noise")
-                     else "token-mean KL" if part == "standard" else part)
+                     else "token-mean KL" if part == "standard"
+                     else f"KL temperature {part[1:]}" if part.startswith("T") else part)
     return "Math-PUMA branches: " + ", ".join(parts)
 
 
@@ -108,12 +110,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: st
     if chance is not None:
         ax.axhline(100 * chance, color="grey", linestyle=":", linewidth=1, label="chance")
     ax.set(xlabel="training step", ylabel=ylabel, title=title, ylim=(0, 100))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_plot(fig, ax, path, legend_size=7)
 
 
 def plot_puma(branches: dict, path: str) -> str:

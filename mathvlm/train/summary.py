@@ -21,8 +21,15 @@ def plot_curves(records: list[dict], keys: list[str], path: str, title: str) -> 
             ax.plot(*zip(*points), label=key)
     ax.set_xlabel("step")
     ax.set_title(title)
+    return save_plot(fig, ax, path)
+
+
+def save_plot(fig, ax, path: str, legend_size: int = 8) -> str:
+    """Grid, legend, tight layout; write ``path`` and free the figure."""
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
