@@ -41,8 +41,8 @@ def test_puma_groups_branches_by_setting_and_seed_and_keeps_the_last_evaluation(
                        "puma_lam0": {"text_dominant": [0.85], "vision_dominant": [0.3]}},
         "_standard_T4": {"puma_kl": {"text_dominant": [0.95], "vision_dominant": [0.55]}},
     }
-    assert figures._describe("_standard_T4") == ("Math-PUMA branches: clean engine data, token-mean KL, "
-                                                 "KL temperature 4")
+    assert figures._describe("_standard_T4") == "clean, token-mean KL, T = 4"
+    assert figures._describe("_noise0.75_s1"[:-3]) == "75% letters wrong"
     assert figures._ordered(["puma_kl", "puma_lam0.5", "ntp_weak", "puma_lam0"]) == [
         "ntp_weak", "puma_lam0", "puma_kl", "puma_lam0.5"]
 

@@ -83,12 +83,13 @@ def _ordered(families):
 
 
 def _describe(setting: str) -> str:
-    parts = ["clean engine data"] if "_noise" not in setting else []
+    """A setting suffix in words: ``"_standard_T4"`` → ``"clean, token-mean KL, T = 4"``."""
+    parts = ["clean"] if "_noise" not in setting else []
     for part in filter(None, setting.split("_")):
-        parts.append(f"{float(part[5:]):.0%} of vision-rich letters wrong" if part.startswith("noise")
+        parts.append(f"{float(part[5:]):.0%} letters wrong" if part.startswith("noise")
                      else "token-mean KL" if part == "standard"
-                     else f"KL temperature {part[1:]}" if part.startswith("T") else part)
-    return "Math-PUMA branches: " + ", ".join(parts)
+                     else f"T = {part[1:]}" if part.startswith("T") else part)
+    return ", ".join(parts)
 
 
 def _pyplot():
@@ -114,27 +115,29 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: st
 
 
 def plot_puma(branches: dict, path: str) -> str:
+    """One pair of bars (text-dominant, vision-dominant) per branch, the settings side by side."""
     plt = _pyplot()
     settings = sorted(branches, key=lambda s: (s != "", s))
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.4), dpi=100, squeeze=False,
-                             sharey=True)
-    for ax, setting in zip(axes[0], settings):
-        families = _ordered(branches[setting])
-        for offset, version, colour in ((-0.2, "text_dominant", "tab:blue"), (0.2, "vision_dominant", "tab:orange")):
-            for x, family in enumerate(families):
-                seeds = 100 * np.asarray(branches[setting][family][version])
-                ax.bar(x + offset, seeds.mean(), 0.38, color=colour,
-                       label=version.replace("_", "-") if x == 0 else None)
-                ax.plot(np.full(len(seeds), x + offset), seeds, "k.", markersize=4)
-        for x, family in enumerate(families):
-            gap = 100 * (np.mean(branches[setting][family]["text_dominant"])
-                         - np.mean(branches[setting][family]["vision_dominant"]))
-            ax.text(x, 102, f"gap {gap:.1f}", ha="center", fontsize=7)
-        ax.set_xticks(range(len(families)), families, fontsize=7)
-        ax.set(xlim=(-0.6, max(len(families), 3) - 0.4), ylim=(0, 110), title=_describe(setting))
-        ax.title.set_fontsize(9)
-    axes[0][0].set_ylabel("held-out accuracy (%)")
-    axes[0][0].legend(fontsize=7, loc="lower left")
+    columns = [(setting, family) for setting in settings for family in _ordered(branches[setting])]
+    fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 1.2, 3.9), dpi=100)
+    for x, (setting, family) in enumerate(columns):
+        accuracy = branches[setting][family]
+        for offset, version, colour in ((-0.2, "text_dominant", "tab:blue"),
+                                        (0.2, "vision_dominant", "tab:orange")):
+            seeds = 100 * np.asarray(accuracy[version])
+            ax.bar(x + offset, seeds.mean(), 0.38, color=colour,
+                   label=version.replace("_", "-") if x == 0 else None)
+            ax.plot(np.full(len(seeds), x + offset), seeds, "k.", markersize=4)
+        gap = 100 * (np.mean(accuracy["text_dominant"]) - np.mean(accuracy["vision_dominant"]))
+        ax.text(x, 102, f"gap {gap:.1f}", ha="center", fontsize=7)
+        if x and setting != columns[x - 1][0]:
+            ax.axvline(x - 0.5, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(columns)), [f"{family}\n" + _describe(setting).replace(", ", "\n") for setting, family in columns],
+                  fontsize=7)
+    ax.set(ylim=(0, 110), ylabel="held-out accuracy (%)",
+           title="Math-PUMA branches from text_sft (bars: mean over seeds, dots: seeds)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
