@@ -21,8 +21,8 @@ Options: ``lams=0+0.5`` adds ``puma_lam<λ>`` branches — the ``puma_kl`` branc
 λ = 0 is its control (the same pair stream, CE on the vision-rich members only, no KL);
 ``seed=N`` reruns the branches on another data stream (stages named ``..._s<N>``; the shared
 stages are trained once); ``mode=standard`` switches the KL branches to the token-mean KL (stages named ``..._standard``);
-``temp=4`` sets the KL temperature (the release's is 1; stages ``..._T4``: soft targets carry how
-the text-rich pass ranks the wrong options — in the release's mode T² applies twice, as it did there);
+``temp=4`` sets the KL temperature (the release's is 1; stages ``..._T4``; in the release's mode T²
+applies twice, as it did there — at 4 the target is nearly flat over the vocabulary, README);
 ``noise=0.75`` gives that fraction of the vision-rich members of multiple-choice pairs a wrong letter
 (``data.weak_label_noise``; stages ``..._noise0.75``) — a control in which the text-rich target knows
 more than the labels, so the KL has something to transfer; its comparison is λ = 0 (CE on the same noisy
