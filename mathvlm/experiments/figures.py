@@ -7,7 +7,7 @@
 ``clip_math`` and ``grounding`` draw a run's evaluation curves (held-out retrieval; accuracy with the
 picture, blind and with another problem's picture); ``puma`` reads every branch stage that
 ``configs/experiments/puma_gap.py`` left in a chain workdir and draws, per setting (clean, ``_noise…``,
-``_standard``), each branch's final text-dominant and vision-dominant accuracy — the bar is the mean
+``_standard``, ``_T…``), each branch's final text-dominant and vision-dominant accuracy — the bar is the mean
 over seeds, the dots the seeds. Each command prints the numbers it drew as one JSON object.
 """
 
@@ -30,9 +30,9 @@ GROUNDING = {"vision-dominant": "engine/version/vision_dominant",
              "vision-dominant, another picture": "engine_shuffled/version/vision_dominant",
              "text-dominant": "engine/version/text_dominant"}
 VERSIONS = ("text_dominant", "vision_dominant")
-# puma_gap.py's branch stages: family, then optional mode, label noise and seed suffixes
-_BRANCH = re.compile(r"^(?P<family>ntp_weak|puma_kl|puma_lam[0-9.]+)(?P<setting>(_standard)?(_T[0-9.]+)?(_noise[0-9.]+)?)"
-                     r"(_s(?P<seed>\d+))?$")
+# puma_gap.py's branch stages: family, then optional mode, temperature, label noise and seed suffixes
+_BRANCH = re.compile(r"^(?P<family>ntp_weak|puma_kl|puma_lam[0-9.]+)"
+                     r"(?P<setting>(_standard)?(_T[0-9.]+)?(_noise[0-9.]+)?)(_s(?P<seed>\d+))?$")
 _ORDER = ("ntp_weak", "puma_lam0", "puma_kl", "puma_lam0.5")
 
 
@@ -55,8 +55,8 @@ def final_accuracy(stage_dir: str) -> dict[str, float]:
                 last[version] = float(record[f"engine/version/{version}"])
     missing = [v for v in VERSIONS if v not in last]
     if missing:
-        raise ValueError(f"{stage_dir}/metrics.jsonl has no engine/version/{missing[0]}: the stage "
-                         "finished without its held-out evaluation; run the chain again to evaluate it")
+        raise ValueError(f"{stage_dir}/metrics.jsonl has no engine/version/{missing[0]}: the stage ran "
+                         "without puma_gap.py's held-out evaluators; move it out of the workdir")
     return last
 
 
