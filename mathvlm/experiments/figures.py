@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 
+from mathvlm.train.chain import final_metrics
 from mathvlm.train.metrics import read_metrics
 from mathvlm.train.summary import save_plot
 
@@ -48,16 +49,12 @@ def eval_curves(run_dir: str, keys: dict[str, str]) -> dict[str, list[tuple[int,
 
 def final_accuracy(stage_dir: str) -> dict[str, float]:
     """The last logged held-out accuracy per version of one stage."""
-    last = {}
-    for record in read_metrics(stage_dir):
-        for version in VERSIONS:
-            if f"engine/version/{version}" in record:
-                last[version] = float(record[f"engine/version/{version}"])
-    missing = [v for v in VERSIONS if v not in last]
+    last, _ = final_metrics(stage_dir)
+    missing = [v for v in VERSIONS if f"engine/version/{v}" not in last]
     if missing:
         raise ValueError(f"{stage_dir}/metrics.jsonl has no engine/version/{missing[0]}: the stage ran "
                          "without puma_gap.py's held-out evaluators; move it out of the workdir")
-    return last
+    return {v: float(last[f"engine/version/{v}"]) for v in VERSIONS}
 
 
 def puma_branches(workdir: str) -> dict[str, dict[str, dict[str, list[float]]]]:

@@ -54,7 +54,7 @@ def stage_config(stage: dict, workdir: str, base_dir: str):
     return config
 
 
-def _final_metrics(stage_dir: str) -> tuple[dict, list[tuple[int, float]]]:
+def final_metrics(stage_dir: str) -> tuple[dict, list[tuple[int, float]]]:
     """The last value of every metric a finished stage logged, and its (step, loss) curve."""
     out, curve = {}, []
     if os.path.exists(os.path.join(stage_dir, "metrics.jsonl")):
@@ -92,7 +92,7 @@ def chain(config, *, workdir: str, mesh):
                   "to resume it", flush=True)
             return results
         timings[stage["name"]] = time.perf_counter() - start
-        results[stage["name"]], histories[stage["name"]] = _final_metrics(stage_dir)
+        results[stage["name"]], histories[stage["name"]] = final_metrics(stage_dir)
     path = write_chain_summary(workdir, config.name, results, timings, histories)
     print(f"chain summary: {path}", flush=True)
     return results
