@@ -23,7 +23,7 @@ import numpy as np
 
 from mathvlm.train.chain import final_metrics
 from mathvlm.train.metrics import read_metrics
-from mathvlm.train.summary import save_plot
+from mathvlm.train.summary import pyplot, save_plot
 
 CLIP_MATH = {"diagram → caption R@1": "retrieval/i2t_r@1", "caption → diagram R@1": "retrieval/t2i_r@1"}
 GROUNDING = {"vision-dominant": "engine/version/vision_dominant",
@@ -89,18 +89,9 @@ def _describe(setting: str) -> str:
     return ", ".join(parts)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: str, ylabel: str,
                 chance: float | None = None) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=100)
     for label, points in curves.items():
         steps, values = zip(*points)
@@ -113,7 +104,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str, title: st
 
 def plot_puma(branches: dict, path: str) -> str:
     """One pair of bars (text-dominant, vision-dominant) per branch, the settings side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     settings = sorted(branches, key=lambda s: (s != "", s))
     columns = [(setting, family) for setting in settings for family in _ordered(branches[setting])]
     fig, ax = plt.subplots(figsize=(1.0 * len(columns) + 1.2, 3.9), dpi=100)

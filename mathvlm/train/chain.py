@@ -21,6 +21,7 @@ from absl import logging
 
 from mathvlm import config as mc
 from mathvlm import registry, sharding
+from mathvlm.train import summary
 from mathvlm.train.checkpoint import Checkpointer
 from mathvlm.train.metrics import read_metrics
 
@@ -156,14 +157,10 @@ def write_chain_summary(workdir: str, title: str, results: dict, timings: dict,
 
 def _pyplot():
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        return summary.pyplot()
     except ImportError:  # plots are a convenience; the tables hold the numbers
         logging.warning("matplotlib missing: no plots in the chain summary")
         return None
-    return plt
 
 
 def _plot_losses(workdir: str, histories: dict) -> str | None:

@@ -8,11 +8,18 @@ import os
 from mathvlm.train.metrics import read_metrics
 
 
-def plot_curves(records: list[dict], keys: list[str], path: str, title: str) -> str:
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (runs have no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(records: list[dict], keys: list[str], path: str, title: str) -> str:
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for key in keys:
