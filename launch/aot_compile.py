@@ -128,7 +128,8 @@ def compile_train_step(config, devices, batch: int, seq: int) -> dict:
 
     from mathvlm import registry, sharding
     from mathvlm.train import optim
-    from mathvlm.train.loop import make_model_and_optimizer, make_train_step
+    from mathvlm.train.build import make_model_and_optimizer
+    from mathvlm.train.loop import make_train_step, peak_bytes
 
     mesh = sharding.make_mesh(config.mesh, devices=devices)
     rules = config.sharding.rules
@@ -175,9 +176,7 @@ def compile_train_step(config, devices, batch: int, seq: int) -> dict:
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    peak = getattr(memory, "peak_memory_in_bytes", 0) or (
-        memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
-        - memory.alias_size_in_bytes)
+    peak = peak_bytes(memory)
     result.update(
         compile_s=round(seconds, 2), fits=True,
         argument_gib=memory.argument_size_in_bytes / 2**30,

@@ -93,8 +93,9 @@ def defaults() -> ConfigDict:
     c.sharding = ConfigDict({"rules": "fsdp"})                  # preset in mathvlm.sharding.RULES
 
     c.model = ConfigDict({"name": ""})   # registry "model" name + its keyword arguments
-    # Starting weights: a transformers folder, and/or a previous stage's run (see mathvlm.train.init).
-    c.init = ConfigDict({"hf": "", "checkpoint": "", "params": ""})
+    # Starting weights: a transformers folder, and/or a previous stage's run; lora: what happens to
+    # that run's LoRA adapters, "continue" or "merge" (see mathvlm.train.build).
+    c.init = ConfigDict({"hf": "", "checkpoint": "", "params": "", "lora": "continue"})
     # LoRA adapters (rank 0 = none), added after the starting weights load; ``targets`` are regular
     # expressions on Dense paths (mathvlm.models.lora.apply_lora).
     c.lora = ConfigDict({"rank": 0, "alpha": 16.0, "targets": ("q_proj", "v_proj")})
@@ -111,6 +112,9 @@ def defaults() -> ConfigDict:
         "peak_tflops": 0.0,              # the devices' summed peak, for the logged MFU (0: not logged)
         # batches measuring a VLM's image-feature statistics at a fresh start (model.feature_norm)
         "calibrate_image_features": 0,
+        # bytes of memory per device for the pre-run fit check (0: what the device reports; CPUs
+        # report nothing, so no check)
+        "device_memory_bytes": 0,
     })
     c.optim = ConfigDict({
         "lr": 1e-3, "end_lr_fraction": 0.0, "warmup_steps": 10, "schedule": "cosine",
@@ -160,6 +164,31 @@ def write_config(config: ConfigDict, workdir: str) -> str:
         with open(path, "w") as f:
             json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
     return path
+
+
+def load_run_config(location: str) -> ConfigDict:
+    """The config a run was trained with, from its ``config.json``: ``location`` is the run's workdir,
+    its ``checkpoints`` folder or one ``checkpoints/<step>`` folder. JSON lists come back as tuples
+    (the type configs use for sequences)."""
+    import json
+
+    location = os.path.abspath(location)
+    candidates = [location, os.path.dirname(location), os.path.dirname(os.path.dirname(location))]
+    for folder in candidates:
+        path = os.path.join(folder, "config.json")
+        if os.path.isfile(path) and os.path.isdir(os.path.join(folder, "checkpoints")):
+            with open(path) as f:
+                return ConfigDict(_tuples(json.load(f)))
+    raise ConfigError(f"{location}: no run config.json found (looked in {candidates[:3]}); give the run's "
+                      "workdir, or pass its training config explicitly")
+
+
+def _tuples(value):
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:

@@ -125,34 +125,20 @@ def _checkpoint_location(checkpoint: str, step: int | None) -> str:
 def load_model(config, *, checkpoint: str | None = None, hf: str | None = None, step: int | None = None):
     """``(model, {"source", "step"})``: the config's model as the trainer builds it (transformers
     start, LoRA adapters), with its parameters from a training checkpoint, or a transformers folder."""
-    import jax
-    from flax import nnx
-
     from mathvlm import sharding
-    from mathvlm.train import loop
-    from mathvlm.train.init import checkpoint_state_dir, load_from_checkpoint, load_from_hf
+    from mathvlm.train.build import hf_options, init_model
+    from mathvlm.train.init import checkpoint_state_dir
 
     mesh, rules = sharding.make_mesh(config.mesh), config.sharding.rules
     if hf:
         from mathvlm import hf as hf_lib
 
-        options = ({k: v for k, v in config.model.to_dict().items() if k not in ("name", "preset")}
-                   if config.model.name == "hf" else {})
+        options = hf_options(config.model) if config.model.name == "hf" else {}
         model = hf_lib.from_pretrained(hf, mesh=mesh, rules=rules, **options)
         return model, {"source": f"hf:{os.path.abspath(hf)}"}
     location = _checkpoint_location(checkpoint, step)
     state_dir, found_step = checkpoint_state_dir(location)
-    if config.init.get("hf"):  # the architecture comes from the transformers folder the run started at
-        model = load_from_hf(config.init.hf, config.model, mesh, rules)
-    else:
-        model = sharding.create_sharded(lambda: loop.build_model(config.model, config.seed), mesh, rules)
-    lora = config.get("lora", None)
-    if lora and lora.get("rank", 0):
-        with jax.set_mesh(mesh), sharding.use_rules(rules):
-            loop.add_lora(model, config)
-            params = nnx.state(model)
-            nnx.update(model, jax.device_put(params, sharding.state_shardings(params, mesh, rules)))
-    load_from_checkpoint(model, location)  # every parameter, as the trainer saved them
+    model = init_model(config, mesh, restore=location)  # every parameter, as the trainer saved them
     return model, {"source": state_dir, "step": found_step}
 
 

@@ -74,12 +74,21 @@ def engine_blind_eval(versions=("vision_dominant",), num_examples: int = 48,
     return {**engine_eval(versions, num_examples, families), "label": label, "blind": mode}
 
 
+def real_size(config) -> None:
+    """Real sizes shard parameters and optimizer moments over every chip (FSDP, ZeRO-3 style) with the
+    batch split over the same chips: a 7B/13B state replicated per chip fits on none. Override with
+    ``--config.mesh.*`` / ``--config.sharding.rules`` (e.g. ``fsdp_tp`` with ``mesh.tensor``)."""
+    config.mesh.update({"data": 1, "fsdp": -1, "tensor": 1})
+    config.sharding.rules = "fsdp"
+
+
 def real_vlm(hf: str) -> ConfigDict:
     """A real-size VLM loaded from a local LLaVA-format transformers folder, bf16 compute over f32
     master weights, layers scanned and rematerialised (compile time and memory at 7B/13B)."""
     if not hf:
         raise mc.ConfigError("real sizes need hf=<local LLaVA-format transformers folder> (image tower, "
-                             "projector and LLM; build one with `python -m mathvlm.convert`)")
+                             "projector and LLM; assemble one from released parts with `python -m mathvlm.convert "
+                             "build-vlm --vision DIR --llm DIR --projector KIND --out DIR`)")
     return ConfigDict({"name": "hf", "dtype": "bfloat16", "param_dtype": "float32",
                        "scan_layers": True, "remat": True})
 
@@ -110,18 +119,22 @@ def tiny_vlm_stage(config, task: str, *, steps: int, lr: float, seq_len: int, ba
         config.eval.max_new_tokens = 160  # the chain of thought and its answer line
 
 
-def puma_real_stage(config, task: str, hf: str, *, steps: int, data_format: str, data_path: str) -> None:
+def puma_real_stage(config, task: str, hf: str, *, steps: int, data_format: str, data_path: str,
+                    image_root: str = "") -> None:
     """Math-PUMA's released settings at 7B (seeds-digest §3.3): Qwen2 + SigLIP-so400m (728 image
     tokens, plain 384-px resize), ChatML with images first, AdamW lr 3e-5, cosine, warmup 1%, weight
-    decay 0.1, global batch 128, seed 3407; engine rows unless ``data_path`` names a Math-PUMA file."""
+    decay 0.1, global batch 128, seed 3407, FSDP over every chip; engine rows unless ``data_path``
+    names a Math-PUMA file (image paths relative to ``image_root``)."""
     config.seed = 3407
     config.model = real_vlm(hf)
     config.init.hf = hf
     data = real_engine_data(task, hf, batch_size=128, template="chatml", image_size=384,
                             num_image_tokens=728, preprocess="siglip")
     if data_path:
-        data.update({"source": "conversations", "format": data_format, "path": data_path, "shuffle": True})
+        data.update({"source": "conversations", "format": data_format, "path": data_path, "shuffle": True,
+                     "image_root": image_root})
     config.data = data
+    real_size(config)
     config.train.steps = steps
     config.optim.update({"lr": 3e-5, "warmup_steps": max(1, steps // 100), "weight_decay": 0.1})
     config.checkpoint.every_steps = 200

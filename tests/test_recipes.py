@@ -87,3 +87,31 @@ def test_lora_recipes_train_the_adapters():
         assert any("lora_a" in p for p in paths) and any("lora_b" in p for p in paths), spec
         assert not any("/base/" in p for p in paths), spec
         assert all("lora" in p or p.startswith("projector") for p in paths), spec
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if any(not str(s).startswith("tiny") and s is not None
+                                                            for s in sizes_of(p))],
+                         ids=lambda p: os.path.relpath(p, ROOT))
+def test_real_sizes_shard_parameters_over_every_chip(path):
+    """A 13B full fine-tune replicated per chip fits on none: every real size defaults to FSDP over all
+    devices (the batch split over the same chips), which the mesh resolves to 8 here."""
+    for size in sizes_of(path):
+        if size is None or str(size).startswith("tiny"):
+            continue
+        config = load_with(path, {"size": size, "hf": "/nonexistent/hf", "data": "/nonexistent/d.jsonl"})
+        mesh = sharding.make_mesh(config.mesh)
+        assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}, (size, dict(mesh.shape))
+        assert config.sharding.rules in ("fsdp", "fsdp_tp")
+        assert config.data.batch_size % 8 == 0
+
+
+def test_puma_stage2_takes_the_stage1_llm_and_an_image_root():
+    config = mc.load(os.path.join(ROOT, "configs/math_puma/kl_align.py")
+                     + ":size=7b,hf=/vlm,llm=/runs/puma1,data=/d/train.json,image_root=/d/images")
+    assert (config.init.checkpoint, config.init.params) == ("/runs/puma1", ":decoder")
+    assert config.data.image_root == "/d/images" and config.data.format == "puma_pairs"
+    with pytest.raises(mc.ConfigError, match="not both"):
+        mc.load(os.path.join(ROOT, "configs/math_puma/kl_align.py") + ":size=7b,hf=/vlm,llm=/a,init=/b")
+    config = mc.load(os.path.join(ROOT, "configs/math_puma/instruct.py")
+                     + ":size=7b,hf=/vlm,init=/runs/puma2,data=/d/s3.json,image_root=/d/s3")
+    assert config.data.image_root == "/d/s3"

@@ -153,7 +153,7 @@ def test_batch_sharding():
 def _placed_train_state(config, mesh):
     """Abstract model + optimizer state of a recipe, placed by the config's rules (no memory used)."""
     from mathvlm.train import optim
-    from mathvlm.train.loop import make_model_and_optimizer
+    from mathvlm.train.build import make_model_and_optimizer
 
     make = make_model_and_optimizer(config, optim.trainable_filter(config.train.trainable))
     state = nnx.split(nnx.eval_shape(make))[1]

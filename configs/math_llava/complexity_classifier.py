@@ -59,6 +59,7 @@ def get_config(arg=None):
     else:
         config.model = mc.ConfigDict({"name": "vit_classifier", "vision_preset": "clip-vit-l-14-224",
                                       "num_classes": classes, "pool": "pooled"})
+        recipes.real_size(config)
         data.update({"batch_size": 32, "image_size": 224, "render_size": 224, "num_examples": 10_000,
                      "shuffle": True})
         config.train.steps = arg.steps or 1563          # 5 epochs of 10K images at batch 32

@@ -37,6 +37,7 @@ def get_config(arg=None):
         config.data.update({"complexity_ratio": ratio, "num_examples": 4_000})
     else:
         config.model = recipes.real_vlm(arg.hf)
+        recipes.real_size(config)
         config.init.hf = arg.hf
         data = recipes.real_engine_data("instruct", arg.hf, batch_size=16)
         if arg.data:

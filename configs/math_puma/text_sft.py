@@ -50,8 +50,7 @@ def get_config(arg=None):
                                      "seq_len": 2048, "shuffle": True, "max_bad_fraction": 0.01,
                                      "length_buckets": (512, 1024, 2048)})
         config.train.steps = arg.steps or 1560
-        config.mesh.update({"data": 1, "fsdp": -1})
-        config.sharding.rules = "fsdp"
+        recipes.real_size(config)
         config.optim.update({"lr": 3e-5, "warmup_steps": max(1, config.train.steps // 100),
                              "weight_decay": 0.1, "clip_norm": 1.0, "b2": 0.999})
         config.checkpoint.every_steps = 200

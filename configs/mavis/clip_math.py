@@ -11,6 +11,7 @@ the paper; raise ``data.batch_size`` for more (the loss uses the whole global ba
 """
 
 from mathvlm import config as mc
+from mathvlm import recipes
 
 SIZES = ("tiny", "vit-l-336")
 
@@ -45,6 +46,7 @@ def get_config(arg=None):
             raise mc.ConfigError("size=vit-l-336 needs hf=<local openai/clip-vit-large-patch14-336 folder>")
         config.init.hf = arg.hf
         config.model = mc.ConfigDict({"name": "hf"})
+        recipes.real_size(config)
         config.data = mc.ConfigDict({"source": "engine_captions", "tokenizer": arg.hf, "batch_size": 16,
                                      "seq_len": 77, "image_size": 336, "max_bad_fraction": 0.0})
         config.train.steps = arg.steps or 367_500     # 10 epochs of 588K captions at batch 16

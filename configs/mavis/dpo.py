@@ -34,6 +34,7 @@ def get_config(arg=None):
         config.train.trainable = "projector,decoder"
     else:
         config.model = recipes.real_vlm(arg.hf)
+        recipes.real_size(config)
         config.init.hf = arg.hf
         config.lora.update({"rank": 128, "alpha": 256.0, "targets": recipes.DECODER_LORA_TARGETS})
         data = recipes.real_engine_data("instruct", arg.hf, batch_size=32)

@@ -43,7 +43,8 @@ def compile_seconds(config, batch: int, seq: int) -> dict:
     from flax import nnx
 
     from mathvlm.train import optim
-    from mathvlm.train.loop import make_model_and_optimizer, make_train_step
+    from mathvlm.train.build import make_model_and_optimizer
+    from mathvlm.train.loop import make_train_step
 
     trainable = optim.trainable_filter(config.train.trainable)
     start = time.perf_counter()

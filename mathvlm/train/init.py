@@ -29,7 +29,7 @@ def load_from_hf(path: str, model_config, mesh, rules):
     return hf.from_pretrained(path, mesh=mesh, rules=rules, **options)
 
 
-def _mapping(spec: str) -> list[tuple[str, str]]:
+def param_mapping(spec: str) -> list[tuple[str, str]]:
     pairs = []
     for item in (s.strip() for s in spec.split(",")):
         if item:
@@ -38,7 +38,7 @@ def _mapping(spec: str) -> list[tuple[str, str]]:
     return pairs or [("", "")]
 
 
-def _under(path: str, prefix: str) -> bool:
+def is_under(path: str, prefix: str) -> bool:
     return not prefix or path == prefix or path.startswith(prefix + "/")
 
 
@@ -66,13 +66,13 @@ def load_from_checkpoint(model, location: str, params: str = "") -> list[str]:
     checkpoint, placed like the current ones. Returns the loaded paths; raises naming any missing or
     mis-shaped parameter."""
     state_dir, step = checkpoint_state_dir(location)
-    mapping = _mapping(params)
+    mapping = param_mapping(params)
     model_state = nnx.state(model, _CARRIED)
     leaves = {sharding.path_name(p): v for p, v in jax.tree_util.tree_leaves_with_path(model_state)}
     wanted = {}  # source path → (destination path, current array)
     for dest, value in leaves.items():
         for source_prefix, dest_prefix in mapping:
-            if _under(dest, dest_prefix):
+            if is_under(dest, dest_prefix):
                 source = (source_prefix + dest[len(dest_prefix):]).strip("/")
                 wanted[source] = (dest, value)
                 break

@@ -24,16 +24,10 @@ from mathvlm.losses import make_loss
 from mathvlm.models.vlm import merge_moments
 from mathvlm.train import optim
 from mathvlm.train.checkpoint import Checkpointer
-from mathvlm.train.init import load_from_checkpoint, load_from_hf
+from mathvlm.train.build import init_model
 from mathvlm.data.sources import SKIP_REASONS
 from mathvlm.train.metrics import DataStats, MetricWriter
 from mathvlm.train.summary import write_summary
-
-
-def build_model(model_config, seed: int):
-    """The registered model ``model_config.name`` called with the config's other keys."""
-    kwargs = {k: v for k, v in model_config.to_dict().items() if k != "name"}
-    return registry.get("model", model_config.name)(**kwargs, rngs=nnx.Rngs(seed))
 
 
 def global_batch(local: dict, mesh, rules) -> dict:
@@ -66,27 +60,20 @@ def make_train_step(config, graphdef, model_graphdef, trainable):
     return train_step
 
 
-def add_lora(model, config):
-    """LoRA adapters of ``config.lora`` (none at rank 0), after the starting weights are in: the adapter
-    wraps the loaded kernel, and B = 0 keeps the model's outputs unchanged."""
-    lora = config.get("lora", None)
-    if lora and lora.rank:
-        from mathvlm.models.lora import apply_lora
-
-        apply_lora(model, rank=lora.rank, alpha=lora.alpha, targets=tuple(lora.targets),
-                   rngs=nnx.Rngs(config.seed + 1))
-    return model
+class DoesNotFitError(MemoryError):
+    """The compiled train step needs more memory than a device has (raised before the first step)."""
 
 
-def make_model_and_optimizer(config, trainable):
-    """``() -> (model, optimizer)`` at random init: for ``create_sharded`` or ``nnx.eval_shape``."""
-    tx = optim.make_optimizer(config.optim, config.train.steps)
+def peak_bytes(memory) -> int:
+    """Peak device bytes of a compiled step from its ``memory_analysis()``: XLA's own peak where the
+    backend reports one, else arguments + temporaries + outputs − donated (aliased) buffers."""
+    return int(getattr(memory, "peak_memory_in_bytes", 0) or (
+        memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes))
 
-    def make():
-        model = add_lora(build_model(config.model, config.seed), config)
-        return model, nnx.Optimizer(model, tx, wrt=trainable)
 
-    return make
+def _signature(batch: dict) -> tuple:
+    return tuple(sorted((k, np.shape(v), str(np.asarray(v).dtype)) for k, v in batch.items()))
 
 
 class Trainer:
@@ -101,28 +88,10 @@ class Trainer:
         self.trainable = optim.trainable_filter(config.train.trainable)
         self.schedule = optim.make_schedule(config.optim, config.train.steps)
 
-        init_from = config.get("init", {})
-        if init_from.get("hf") or init_from.get("checkpoint"):
-            # Load first, then add LoRA (adapters wrap the loaded kernels), then the optimizer, whose
-            # moments follow the parameters' placement.
-            if init_from.get("hf"):
-                model = load_from_hf(init_from["hf"], config.model, mesh, self.rules)
-            else:
-                model = sharding.create_sharded(lambda: build_model(config.model, config.seed), mesh,
-                                                self.rules)
-            if init_from.get("checkpoint"):
-                load_from_checkpoint(model, init_from["checkpoint"], init_from.get("params", ""))
-            tx = optim.make_optimizer(config.optim, config.train.steps)
-            with jax.set_mesh(mesh), sharding.use_rules(self.rules):
-                add_lora(model, config)
-                # New adapters start on one device; place every parameter by its logical axes.
-                params = nnx.state(model)
-                nnx.update(model, jax.device_put(
-                    params, sharding.state_shardings(params, mesh, self.rules)))
-                optimizer = nnx.Optimizer(model, tx, wrt=self.trainable)
-        else:
-            make = make_model_and_optimizer(config, self.trainable)
-            model, optimizer = sharding.create_sharded(make, mesh, self.rules)
+        model = init_model(config, mesh)
+        tx = optim.make_optimizer(config.optim, config.train.steps)
+        with jax.set_mesh(mesh), sharding.use_rules(self.rules):
+            optimizer = nnx.Optimizer(model, tx, wrt=self.trainable)  # moments placed like parameters
         # DPO's reference: a frozen copy of the model as initialised (before any update or resume).
         model_graphdef, model_state = nnx.split(model)
         needs_reference = getattr(registry.get("step", config.train.step), "needs_reference", False)
@@ -132,6 +101,7 @@ class Trainer:
         shardings = jax.tree.map(lambda x: x.sharding, self.state)
         # The state is donated: the update happens in place in device memory.
         self._step = jax.jit(train_step, out_shardings=(shardings, None), donate_argnums=0)
+        self._checked = None  # (batch signature, executable) from check_memory
 
     @functools.cached_property
     def num_params(self) -> int:
@@ -143,9 +113,42 @@ class Trainer:
 
     def step(self, local_batch: dict) -> dict:
         batch = global_batch(local_batch, self.mesh, self.rules)
+        step = self._step
+        if self._checked is not None and self._checked[0] == _signature(local_batch):
+            step = self._checked[1]  # the executable the memory check compiled for these shapes
         with jax.set_mesh(self.mesh):
-            self.state, metrics = self._step(self.state, batch, self.reference_state)
+            self.state, metrics = step(self.state, batch, self.reference_state)
         return metrics
+
+    def check_memory(self, local_batch: dict) -> dict | None:
+        """Compile the step for this batch's shapes and compare its memory analysis with the devices'
+        memory (``train.device_memory_bytes``, else what the device reports; skipped when neither is
+        known, as on CPU). Raises :class:`DoesNotFitError` saying what to change when it cannot fit."""
+        limit = int(self.config.train.get("device_memory_bytes", 0) or 0)
+        if not limit:
+            stats = self.mesh.devices.flat[0].memory_stats() or {}
+            limit = int(stats.get("bytes_limit", 0))
+        if not limit:
+            return None
+        batch = global_batch(local_batch, self.mesh, self.rules)
+        with jax.set_mesh(self.mesh):
+            compiled = self._step.lower(self.state, batch, self.reference_state).compile()
+        self._checked = (_signature(local_batch), compiled)
+        peak = peak_bytes(compiled.memory_analysis())
+        report = {"peak_bytes_per_device": peak, "device_bytes": limit}
+        if peak > limit:
+            c, gib = self.config, 2**30
+            raise DoesNotFitError(
+                f"the compiled train step needs {peak / gib:.2f} GiB per device, the devices have "
+                f"{limit / gib:.2f} GiB (mesh {dict(self.mesh.shape)}, sharding.rules={c.sharding.rules!r}, "
+                f"data.batch_size={c.data.batch_size}, seq_len={c.data.get('seq_len')}). To fit: shard "
+                "the parameters over more chips (mesh.data=1, mesh.fsdp=-1; sharding.rules=fsdp_tp with "
+                "mesh.tensor), lower data.batch_size and raise optim.accum_steps to keep the global "
+                "batch, set model.remat=True / model.scan_layers=True, shorten data.seq_len, or train "
+                "fewer parameters (train.trainable, lora.rank).")
+        logging.warning("memory check: the step needs %.2f of %.2f GiB per device", peak / 2**30,
+                        limit / 2**30)
+        return report
 
     def report(self) -> sharding.ReplicationReport:
         return sharding.replicated_report(self.state[0])  # the model's parameters
@@ -286,6 +289,8 @@ def train(config, *, workdir: str, mesh):
                                              jax.process_count())
                 data_stats.update(local)
                 data_stats.check(max_bad_fraction)
+                if step == start:
+                    trainer.check_memory(local)  # before the first step: stop early if it cannot fit
                 metrics = trainer.step(local)
                 step += 1
                 # Every member of pair / preference rows ("strong_attention_mask", ...) is a forward pass.

@@ -53,7 +53,7 @@ def test_run_reproduces_the_trainers_final_evaluation(trained, tmp_path):
 
 
 def test_loaded_parameters_are_the_trained_ones(trained):
-    from mathvlm.train import loop, optim
+    from mathvlm.train import build, loop, optim
     from mathvlm.train.checkpoint import Checkpointer
 
     config = mc.load(CONFIG)
@@ -61,7 +61,7 @@ def test_loaded_parameters_are_the_trained_ones(trained):
     assert origin["step"] == 4 and origin["source"].endswith(os.path.join("checkpoints", "4", "state"))
     # The trainer's own resume path: restore (model, optimizer) into a fresh sharded pair.
     mesh = sharding.make_mesh(config.mesh)
-    make = loop.make_model_and_optimizer(config, optim.trainable_filter(config.train.trainable))
+    make = build.make_model_and_optimizer(config, optim.trainable_filter(config.train.trainable))
     fresh_model, fresh_opt = sharding.create_sharded(make, mesh, config.sharding.rules)
     initial = param_arrays(fresh_model)
     graphdef, target = nnx.split((fresh_model, fresh_opt))

@@ -10,7 +10,7 @@ from mathvlm.data import engine_prompts
 from mathvlm.data.sources import ConversationSource
 from mathvlm.data.text import load_tokenizer
 from mathvlm.dpo_pairs import build_pairs, engine_records
-from mathvlm.train.loop import build_model
+from mathvlm.train.build import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(ROOT, "configs")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from mathvlm import config as mc
@@ -96,3 +97,28 @@ def test_cli_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in read_metrics(str(workdir))] == [2, 4]
     assert json.load(open(workdir / "config.json"))["data"]["batch_size"] == 8
+
+
+def test_a_step_that_cannot_fit_stops_before_training_and_says_what_to_change(tmp_path):
+    """The pre-run fit check compiles the step for the first batch and compares its memory analysis
+    with the device memory (``train.device_memory_bytes`` stands in for a TPU's HBM here, since CPU
+    devices report none). Too little: a clear error before any step. Enough: training runs on the
+    executable the check compiled."""
+    from mathvlm import main as entry
+    from mathvlm.train.loop import DoesNotFitError
+
+    config = mc.load("configs/text_demo.py:steps=2")
+    config.unlock()
+    config.eval.evaluators = ()
+    config.train.device_memory_bytes = 64 * 1024
+    with pytest.raises(DoesNotFitError) as error:
+        entry.run(config, str(tmp_path / "small"))
+    message = str(error.value)
+    for part in ("GiB per device", "mesh.fsdp=-1", "data.batch_size", "optim.accum_steps", "model.remat"):
+        assert part in message, (part, message)
+    logged = tmp_path / "small" / "metrics.jsonl"
+    assert not logged.exists() or not logged.read_text().strip()          # no step ran
+    assert not (tmp_path / "small" / "checkpoints").exists() or not os.listdir(tmp_path / "small" / "checkpoints")
+    config.train.device_memory_bytes = 2**34
+    result = entry.run(config, str(tmp_path / "enough"))
+    assert np.isfinite(result["loss"])

@@ -137,7 +137,7 @@ def test_from_config_takes_data_and_eval_settings():
 
 def test_make_evaluators_runs_engine_heldout_on_a_vlm_config(tmp_path):
     from mathvlm import config as mc
-    from mathvlm.train import loop
+    from mathvlm.train import build, loop
 
     config = mc.defaults()
     config.model = mc.ConfigDict({"name": "vlm", "vision_preset": "tiny", "decoder_preset": "tiny",
@@ -151,6 +151,6 @@ def test_make_evaluators_runs_engine_heldout_on_a_vlm_config(tmp_path):
     assert evaluators[0].batch_size == 16 and evaluators[0].workdir == str(tmp_path)  # the predictor's
     predictor = evaluators[0].predict_fn
     assert (predictor.template, predictor.image_size, predictor.tokenizer.image_id) == ("vicuna_v1", 32, 259)
-    metrics = loop.evaluate(evaluators, loop.build_model(config.model, 0))
+    metrics = loop.evaluate(evaluators, build.build_model(config.model, 0))
     assert {"engine/accuracy", "engine/version/vision_dominant", "engine/version/text_only"} <= set(metrics)
     assert (tmp_path / "engine.json").exists()
