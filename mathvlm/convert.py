@@ -1,12 +1,25 @@
-"""Convert between HF transformers folders and orbax checkpoints of mathvlm models.
+"""Convert between transformers folders, orbax checkpoints and training runs of mathvlm models.
 
+    # a transformers folder ↔ an orbax checkpoint of the same model
     python -m mathvlm.convert hf-to-orbax /ckpt/qwen2-1.5b /ckpt/qwen2-1.5b-orbax [--scan-layers]
                                          [--param-dtype bfloat16] [--dtype bfloat16]
     python -m mathvlm.convert orbax-to-hf /ckpt/qwen2-1.5b-orbax /out/qwen2-1.5b
 
+    # a paper's starting VLM from released parts: image tower + LLM + a fresh projector
+    python -m mathvlm.convert build-vlm --vision /ckpt/clip-vit-large-patch14-336 \\
+        --llm /ckpt/vicuna-7b-v1.5 --projector mlp2x_gelu --out /ckpt/llava-format-vicuna-7b
+        [--image-token "<image>"] [--feature-layer -2] [--feature-strategy default|full]
+        [--template vicuna_v1|chatml|plain] [--seed 0] [--dtype bfloat16] [--max-shard-size 5GB]
+
+    # any training run's model (newest checkpoint, or --step N) as a transformers folder
+    python -m mathvlm.convert export runs/align --out /out/align-hf --merge-lora
+        [--dtype bfloat16|float32] [--max-shard-size 5GB] [--step N]
+
 An orbax checkpoint directory holds ``state/`` (the model's ``nnx.State``, written by
 ``ocp.StandardCheckpointer``) and ``model.json`` (the HF config.json dict plus the build options, e.g.
 ``scan_layers``), enough to rebuild the model and restore it onto any mesh with :func:`load_orbax`.
+``build-vlm`` and ``export`` are :func:`mathvlm.hf.assemble.build_vlm` / ``export_run``; both print
+what they wrote as JSON on their last line.
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,6 +82,11 @@ def orbax_to_hf(ckpt_dir: str, out_dir: str) -> None:
     hf.save_pretrained(load_orbax(ckpt_dir), out_dir)
 
 
+def _feature_layer(text: str):
+    layers = tuple(int(t) for t in text.split(",") if t.strip())
+    return layers[0] if len(layers) == 1 else layers
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mathvlm.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,6 +100,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     to_hf = sub.add_parser("orbax-to-hf", help="orbax checkpoint → HF folder")
     to_hf.add_argument("ckpt_dir")
     to_hf.add_argument("out_dir")
+
+    vlm = sub.add_parser("build-vlm", help="vision folder + LLM folder → LLaVA-format VLM folder")
+    vlm.add_argument("--vision", required=True,
+                     help="CLIPVisionModel / CLIPModel / SiglipVisionModel / SiglipModel folder")
+    vlm.add_argument("--llm", required=True, help="Llama / Mistral / Qwen2 causal-LM folder")
+    vlm.add_argument("--projector", required=True, choices=("mlp2x_gelu", "gated", "linear"))
+    vlm.add_argument("--out", required=True)
+    vlm.add_argument("--image-token", default="<image>")
+    vlm.add_argument("--feature-layer", type=_feature_layer, default=-2,
+                     help="vision hidden-state index, or a comma list (features concatenated)")
+    vlm.add_argument("--feature-strategy", choices=("default", "full"), default="default",
+                     help="default: drop the tower's first token (CLIP's class token; SigLIP's first "
+                          "patch, as Math-PUMA); full: keep all")
+    vlm.add_argument("--template", default=None,
+                     help="chat template (vicuna_v1, chatml, plain); default: vicuna_v1 for "
+                          "LLaMA/Mistral, chatml for Qwen2")
+    vlm.add_argument("--seed", type=int, default=0, help="projector initialisation seed")
+    vlm.add_argument("--dtype", default=None, help="cast every tensor (default: keep each part's)")
+    vlm.add_argument("--max-shard-size", default="5GB")
+    vlm.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the LLM folder)")
+    vlm.add_argument("--vocab-multiple", type=int, default=64,
+                     help="a vocabulary grown for the image token is rounded up to this multiple")
+
+    export = sub.add_parser("export", help="a training run's checkpoint → transformers folder")
+    export.add_argument("run", help="the run's workdir, its checkpoints folder or checkpoints/<step>")
+    export.add_argument("--out", required=True)
+    export.add_argument("--merge-lora", action="store_true",
+                        help="fold LoRA adapters into the base weights (needed when the run has them)")
+    export.add_argument("--dtype", choices=("bfloat16", "float32", "float16"), default=None,
+                        help="cast the weights (default: the run's parameter dtype)")
+    export.add_argument("--max-shard-size", default="5GB")
+    export.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     args = parser.parse_args(argv)
 
     if args.command == "hf-to-orbax":
@@ -90,9 +141,30 @@ def main(argv: Sequence[str] | None = None) -> None:
                 options[name] = getattr(args, name)
         hf_to_orbax(args.hf_dir, args.out_dir, **options)
         print(f"wrote {args.out_dir}")
-    else:
+    elif args.command == "orbax-to-hf":
         orbax_to_hf(args.ckpt_dir, args.out_dir)
         print(f"wrote {args.out_dir}")
+    else:
+        from mathvlm.hf import assemble
+
+        try:
+            if args.command == "build-vlm":
+                summary = assemble.build_vlm(
+                    args.vision, args.llm, args.out, projector=args.projector,
+                    image_token=args.image_token, feature_layer=args.feature_layer,
+                    feature_strategy=args.feature_strategy, template=args.template, seed=args.seed,
+                    dtype=args.dtype, max_shard_size=args.max_shard_size, tokenizer=args.tokenizer,
+                    vocab_multiple=args.vocab_multiple)
+            else:
+                summary = assemble.export_run(args.run, args.out, merge_lora=args.merge_lora,
+                                              dtype=args.dtype, max_shard_size=args.max_shard_size,
+                                              step=args.step)
+        except assemble.ConversionError as err:
+            print(f"convert {args.command}: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
+        for note in summary.get("notes", []):
+            print(f"note: {note}")
+        print(json.dumps(summary, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,41 @@
 """Command line for evaluation. No JAX is imported by ``score`` or ``check-data``.
 
-  python -m mathvlm.evaluate score --benchmark {mathvista,math_v,geoqa,we_math} --predictions FILE [--data DIR]
-      Re-score a predictions file in the benchmark's official output format with the official rules.
+  python -m mathvlm.evaluate score --benchmark {mathvista,math_v,geoqa,we_math,mathverse}
+                                   --predictions FILE [--data DIR]
+      Re-score a predictions file in the benchmark's official output format with the official rules
+      (mathverse: the local rules of mathvlm.eval.mathverse on each record's ``model_answer``).
       Prints per-category tables, then as the LAST line one JSON object with correct, total, accuracy.
   python -m mathvlm.evaluate check-data --root DIR
       Load every benchmark folder under DIR (mathvista/, mathverse/, math_v/, we_math/, geoqa/) and print counts.
   python -m mathvlm.evaluate run --config CFG (--checkpoint CKPT | --hf FOLDER) --workdir DIR
                                  [--evaluators JSON] [--step N]
+                                 [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
+                                 [--stop STRING ...] [--batch-size B] [--shard-timeout SECONDS]
       Build the config's model, load a training checkpoint (a run's workdir: its newest step, or --step N;
       or a ``checkpoints/<step>`` folder) or a transformers folder, run the config's ``eval.evaluators``
       (or the JSON list/dict given) and print a table per evaluator, then as the LAST line one JSON
-      object with every metric; also writes DIR/eval_metrics.json and the evaluators' own tables.
+      object with every metric; also writes DIR/eval_metrics.json, the evaluators' tables and each
+      evaluator's per-item responses in its benchmark's output format, DIR/<name>_responses.json[l]
+      (mathvista, mathverse, we_math: .json; math_v, geoqa, engine, text_math: .jsonl), which ``score``
+      re-scores to the same numbers.
+
+      Decoding: greedy with ``config.eval.max_new_tokens`` (32) by default. Each evaluator spec may set
+      its own ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed`` (``sample_seed`` for
+      engine_heldout and text_math), ``stop`` and ``batch_size``; the flags override them for every
+      evaluator (--stop repeatable: each response is cut before the first stop string). Sampling is
+      reproducible: item i of an evaluator draws from its own key fold_in(key(seed), i). E.g. the
+      papers' protocols: Math-LLaVA on MathVista --temperature 0.2 --max-new-tokens 512; Math-PUMA
+      (Qwen2) --temperature 0.1 --top-p 0.8 --max-new-tokens 768; DeepSeek --temperature 0.3 --top-k 40
+      --top-p 0.8 --max-new-tokens 2048 --seed 3407.
+
+      As N processes (``launch/multiprocess.py --processes N -- -m mathvlm.evaluate run ...``, or any
+      run mathvlm.distributed joins): every process builds the whole model on its own devices
+      (``jax.local_devices()``: no collectives while generating) and takes every N-th batch of each
+      evaluator's items (process i: batches i::N, the batches one process would make); processes 1..N-1
+      write their responses to DIR/eval_shards/ and process 0 waits for them (--shard-timeout, default
+      3600 s; DIR must be shared by all processes), merges, scores and writes the same files and
+      metrics as one process would (bit for bit when the model's parameters are replicated, as in the
+      tiny configs; a mesh that shards them over fewer local devices may round differently).
 """
 
 from __future__ import annotations
@@ -36,6 +61,9 @@ def _score(benchmark: str, predictions: str, data: str | None, integer_rule: str
         if not data:
             raise common.DataError("geoqa needs --data DIR holding test_answers.jsonl (the ground truth)")
         return geoqa.score_predictions(predictions, data).to_dict()
+    if benchmark == "mathverse":
+        from mathvlm.eval import mathverse
+        return mathverse.score_results(predictions).to_dict()
     if benchmark == "we_math":
         from mathvlm.eval import we_math
         metrics = we_math.score_results(
@@ -142,19 +170,165 @@ def load_model(config, *, checkpoint: str | None = None, hf: str | None = None, 
     return model, {"source": state_dir, "step": found_step}
 
 
+# ``evaluate run``'s decoding flags (as argparse names them); each overrides that setting of every evaluator.
+GENERATION_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "batch_size")
+
+
+def _apply_generation(config, specs: list[dict], generation: dict) -> list[dict]:
+    """Specs with the command line's decoding settings (those not None) set in every generating
+    evaluator (overriding its own), and as the run-wide defaults in ``config.eval``."""
+    from mathvlm import registry
+    from mathvlm.eval.evaluators import ResponseEvaluator
+
+    generation = {k: v for k, v in generation.items() if v is not None}
+    unknown = sorted(set(generation) - set(GENERATION_FLAGS))
+    if unknown:
+        raise ValueError(f"unknown generation settings {unknown}; settings: {sorted(GENERATION_FLAGS)}")
+    if not generation:
+        return specs
+    with config.unlocked():
+        for key, value in generation.items():
+            config.eval[key] = tuple(value) if key == "stop" else value
+    out = []
+    for spec in specs:
+        spec = dict(spec)
+        cls = registry.get("evaluator", spec["name"])
+        if isinstance(cls, type) and issubclass(cls, ResponseEvaluator):
+            for key, value in generation.items():
+                spec[cls.sample_seed_option if key == "seed" else key] = value
+        out.append(spec)
+    return out
+
+
+def _run_token(count: int) -> int:
+    """A number every process of this run shares (process 0's, broadcast): it marks this run's shard
+    files, so files a failed earlier run left in the workdir are never merged."""
+    token = int.from_bytes(os.urandom(4), "little") >> 1
+    if count == 1:
+        return token
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(token)))
+
+
+def _shard_path(folder: str, tag: str, shard: int, count: int) -> str:
+    return os.path.join(folder, f"{tag}.{shard}-of-{count}.jsonl")
+
+
+def write_shard(folder: str, tag: str, shard: int, count: int, token: int, responses: dict[int, str]) -> str:
+    """This process's responses to evaluator ``tag`` (a header line, then ``{"index", "response"}``),
+    written under a temporary name and renamed, so a reader never sees half a file."""
+    os.makedirs(folder, exist_ok=True)
+    path = _shard_path(folder, tag, shard, count)
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"run": token, "evaluator": tag, "shard": shard, "num_shards": count,
+                            "responses": len(responses)}) + "\n")
+        for index in sorted(responses):
+            f.write(json.dumps({"index": index, "response": responses[index]}, ensure_ascii=False) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def gather_shards(folder: str, tag: str, count: int, token: int, own: dict[int, str], num_items: int,
+                  timeout: float, poll: float = 0.2) -> list[str]:
+    """Process 0: wait for the shard files of processes 1..count-1 of this run (``token``), merge them
+    with its own responses ``own``, and return the responses of every item in order. Raises
+    TimeoutError naming the missing files after ``timeout`` seconds."""
+    import time
+
+    merged, waiting = dict(own), set(range(1, count))
+    deadline = time.monotonic() + timeout
+    while waiting:
+        for shard in sorted(waiting):
+            path = _shard_path(folder, tag, shard, count)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    header = json.loads(f.readline())
+                    if header.get("run") != token:
+                        continue  # an earlier run's file: this run's replaces it
+                    for line in f:
+                        row = json.loads(line)
+                        merged[int(row["index"])] = row["response"]
+            except FileNotFoundError:
+                continue
+            waiting.discard(shard)
+        if waiting:
+            if time.monotonic() > deadline:
+                missing = [_shard_path(folder, tag, shard, count) for shard in sorted(waiting)]
+                raise TimeoutError(
+                    f"evaluator {tag}: after {timeout:.0f} s still no responses from process(es) "
+                    f"{sorted(waiting)} of {count} (expected {missing}); every process must write to the "
+                    "same --workdir (a shared filesystem across hosts) — check the other processes' "
+                    "output, or raise --shard-timeout")
+            time.sleep(poll)
+    if sorted(merged) != list(range(num_items)):
+        raise ValueError(f"evaluator {tag}: the processes' responses cover items {len(merged)} of "
+                         f"{num_items}; the processes disagree on the items (different data?)")
+    return [merged[i] for i in range(num_items)]
+
+
+def evaluate_split(evaluators, model, *, workdir: str, process: int = 0, count: int = 1, token: int = 0,
+                   timeout: float = 3600.0) -> dict[str, float]:
+    """Run ``evaluators`` as process ``process`` of ``count``: each generating evaluator's items are
+    split by batch (process ``i`` takes batches ``i::count``, the batches one process would make), the
+    other processes write their responses to ``<workdir>/eval_shards/``, and process 0 merges them,
+    scores and writes the tables and per-item responses: the same files and metrics as one process.
+    Evaluators that generate nothing per item (``engine_retrieval``) run whole on process 0. Returns
+    the metrics on process 0, ``{}`` on the others."""
+    folder = os.path.join(workdir, "eval_shards")
+    metrics: dict[str, float] = {}
+    for position, evaluator in enumerate(evaluators):
+        if not hasattr(evaluator, "respond"):
+            if process == 0:
+                metrics.update({name: float(value) for name, value in evaluator.run(model)})
+            continue
+        own = evaluator.respond(model, shard=process, num_shards=count)
+        tag = f"{position:02d}_{evaluator.name}"
+        if process != 0:
+            write_shard(folder, tag, process, count, token, own)
+            continue
+        responses = gather_shards(folder, tag, count, token, own, evaluator.num_items(), timeout)
+        metrics.update({name: float(value) for name, value in evaluator.finish(responses)})
+        for shard in range(1, count):
+            os.remove(_shard_path(folder, tag, shard, count))
+    if process == 0 and os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+    return metrics
+
+
 def run_evaluation(config_spec: str, workdir: str, *, checkpoint: str | None = None, hf: str | None = None,
-                   evaluators: str | None = None, step: int | None = None) -> dict:
-    """Evaluate a checkpoint or transformers folder with a config's evaluators; returns the metrics."""
+                   evaluators: str | None = None, step: int | None = None, generation: dict | None = None,
+                   shard_timeout: float = 3600.0) -> dict:
+    """Evaluate a checkpoint or transformers folder with a config's evaluators; returns the metrics.
+
+    ``generation``: decoding settings (:data:`GENERATION_FLAGS`) overriding every evaluator's. In a
+    multi-process run (:mod:`mathvlm.distributed`) every process builds the whole model on its own
+    devices (``jax.local_devices()``) and generates its share of each evaluator's items independently
+    (no collectives in generation, so the processes need not run the same batches); process 0 merges
+    the shares, scores and writes the files (see :func:`evaluate_split`) and returns the metrics, the
+    others ``{"process": i, ...}``."""
+    import jax
+
     from mathvlm import config as mc
+    from mathvlm import sharding
     from mathvlm.train import loop
 
     config = mc.load(config_spec)
-    specs = _evaluator_specs(config, evaluators)
+    specs = _apply_generation(config, _evaluator_specs(config, evaluators), generation or {})
     config.eval.evaluators = specs
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    model, origin = load_model(config, checkpoint=checkpoint, hf=hf, step=step)
-    metrics = loop.evaluate(loop.make_evaluators(config, workdir=workdir), model)
+    process, count = jax.process_index(), jax.process_count()
+    token = _run_token(count)
+    with sharding.mesh_devices(jax.local_devices()):
+        model, origin = load_model(config, checkpoint=checkpoint, hf=hf, step=step)
+    built = loop.make_evaluators(config, workdir=workdir if process == 0 else None)
+    metrics = evaluate_split(built, model, workdir=workdir, process=process, count=count, token=token,
+                             timeout=shard_timeout)
+    if process != 0:
+        return {"process": process, "num_processes": count, **origin}
     for name in dict.fromkeys(key.split("/")[0] for key in metrics):
         print(f"## {name}\n\n| metric | value |\n|---|---:|")
         for key, value in metrics.items():
@@ -172,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     score = commands.add_parser("score", help="re-score an official predictions file")
-    score.add_argument("--benchmark", required=True, choices=["mathvista", "math_v", "geoqa", "we_math"])
+    score.add_argument("--benchmark", required=True, choices=["mathvista", "math_v", "geoqa", "we_math", "mathverse"])
     score.add_argument("--predictions", required=True)
     score.add_argument("--data", help="benchmark folder with the ground truth (required for math_v, geoqa)")
     score.add_argument("--integer-rule", choices=["truncate", "strict"], default="truncate",
@@ -188,18 +362,37 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--workdir", required=True, help="where eval_metrics.json and the tables go")
     run.add_argument("--evaluators", help="JSON object or list replacing the config's eval.evaluators")
     run.add_argument("--step", type=int, help="with --checkpoint WORKDIR: this step instead of the newest")
+    decoding = run.add_argument_group("decoding (each overrides that setting of every evaluator)")
+    decoding.add_argument("--max-new-tokens", type=int, help="generation length in tokens")
+    decoding.add_argument("--temperature", type=float, help="0 = greedy (the default); > 0 samples")
+    decoding.add_argument("--top-p", type=float, help="nucleus sampling: keep the smallest set of this mass")
+    decoding.add_argument("--top-k", type=int, help="sample among the k most likely tokens (0 = all)")
+    decoding.add_argument("--seed", type=int, help="sampling seed (each item draws from its own key)")
+    decoding.add_argument("--stop", action="append", metavar="STRING",
+                          help="cut each response before this string (repeatable)")
+    decoding.add_argument("--batch-size", type=int, help="prompts generated together")
+    run.add_argument("--shard-timeout", type=float, default=3600.0,
+                     help="multi-process: seconds process 0 waits for the others' responses (default 3600)")
     args = parser.parse_args(argv)
 
     if args.command == "run":
         from absl import logging
 
+        from mathvlm import distributed
+
         logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
+        generation = {name: getattr(args, name) for name in GENERATION_FLAGS}
+        joined = distributed.initialize_from_env()  # a multi-process run: before any device is used
         try:
             result = run_evaluation(args.config, args.workdir, checkpoint=args.checkpoint, hf=args.hf,
-                                    evaluators=args.evaluators, step=args.step)
-        except (FileNotFoundError, ValueError) as e:
+                                    evaluators=args.evaluators, step=args.step, generation=generation,
+                                    shard_timeout=args.shard_timeout)
+        except (FileNotFoundError, ValueError, TimeoutError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        finally:
+            if joined:
+                distributed.shutdown()
         print(json.dumps(result))
         return 0
     try:

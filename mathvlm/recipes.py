@@ -9,6 +9,9 @@ transformers folders (``hf=``) and the papers' hyper-parameters.
 
 from __future__ import annotations
 
+import json
+import os
+
 from ml_collections import ConfigDict
 
 from mathvlm import config as mc
@@ -93,10 +96,31 @@ def real_vlm(hf: str) -> ConfigDict:
                        "scan_layers": True, "remat": True})
 
 
+def folder_geometry(hf: str, image_size: int, num_image_tokens: int) -> tuple[int, int]:
+    """``(image size, image tokens)`` of the VLM or CLIP folder ``hf`` from its config.json (any tower
+    size, e.g. a miniature one in the release's layout); the paper's numbers when the folder is not
+    there yet (writing a config for a later machine, AOT compilation)."""
+    path = os.path.join(hf, "config.json") if hf else ""
+    if not path or not os.path.isfile(path):
+        return image_size, num_image_tokens
+    with open(path) as f:
+        folder = json.load(f)
+    vision = folder.get("vision_config")
+    if not vision:
+        return image_size, num_image_tokens
+    patches = (vision["image_size"] // vision["patch_size"]) ** 2
+    has_class = vision.get("model_type", "clip_vision_model").startswith("clip")
+    # LLaVA's "default" feature strategy drops the first token (CLIP's class token; a SigLIP patch).
+    keep_all = folder.get("vision_feature_select_strategy", "default") == "full"
+    return vision["image_size"], patches + has_class - (0 if keep_all else 1)
+
+
 def real_engine_data(task: str, hf: str, *, batch_size: int, template: str = "vicuna_v1",
                      image_size: int = 336, num_image_tokens: int = 576, seq_len: int = 2048,
                      preprocess: str = "clip") -> ConfigDict:
-    """Engine rows at a real model's resolution, tokenised with its own tokenizer."""
+    """Engine rows at a real model's resolution (read from the folder when it exists), tokenised with
+    its own tokenizer."""
+    image_size, num_image_tokens = folder_geometry(hf, image_size, num_image_tokens)
     return ConfigDict({"source": "engine_vlm", "task": task, "version": "mixed", "multiple_choice": 0.5,
                        "tokenizer": hf, "template": template, "batch_size": batch_size,
                        "seq_len": seq_len, "image_size": image_size, "render_size": image_size,

@@ -119,8 +119,26 @@ def mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
+_MESH_DEVICES: contextvars.ContextVar = contextvars.ContextVar("mathvlm_mesh_devices", default=None)
+
+
+@contextlib.contextmanager
+def mesh_devices(devices: Sequence[jax.Device] | None):
+    """Inside the block, :func:`make_mesh` without ``devices`` spans these instead of every global
+    device; e.g. ``jax.local_devices()``: one independent model per process (``evaluate run`` as N
+    processes, each generating its own share of the items). None changes nothing."""
+    token = _MESH_DEVICES.set(None if devices is None else list(devices))
+    try:
+        yield
+    finally:
+        _MESH_DEVICES.reset(token)
+
+
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ``(data, fsdp, tensor)`` mesh with Auto axis types over all (global) devices."""
+    """A ``(data, fsdp, tensor)`` mesh with Auto axis types over all (global) devices, or over those
+    of an enclosing :func:`mesh_devices`."""
+    if devices is None:
+        devices = _MESH_DEVICES.get()
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_shape(shape, len(devices))
     return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),

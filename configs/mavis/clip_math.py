@@ -48,7 +48,8 @@ def get_config(arg=None):
         config.model = mc.ConfigDict({"name": "hf"})
         recipes.real_size(config)
         config.data = mc.ConfigDict({"source": "engine_captions", "tokenizer": arg.hf, "batch_size": 16,
-                                     "seq_len": 77, "image_size": 336, "max_bad_fraction": 0.0})
+                                     "seq_len": 77, "image_size": recipes.folder_geometry(arg.hf, 336, 576)[0],
+                                     "max_bad_fraction": 0.0})
         config.train.steps = arg.steps or 367_500     # 10 epochs of 588K captions at batch 16
         config.optim.update({"lr": 2e-6, "warmup_steps": 1000, "weight_decay": 0.0})
         config.checkpoint.every_steps = 5000

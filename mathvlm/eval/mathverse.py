@@ -58,3 +58,10 @@ def score_responses(problems: list[dict], responses: list[str]) -> Tally:
     for problem, response in zip(problems, responses, strict=True):
         tally.add(is_correct(problem, response), categories(problem))
     return tally
+
+
+def score_results(results_path: str) -> Tally:
+    """Score an outputs file in the official form (a JSON list of the problem records, each with the
+    model's response as ``model_answer``) with the local protocol above."""
+    records = read_record_list(results_path, _REQUIRED + ("model_answer",), "sample_index")
+    return score_responses(records, [str(r["model_answer"]) for r in records])

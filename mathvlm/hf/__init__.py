@@ -2,6 +2,7 @@
 
     model = mathvlm.hf.from_pretrained("/ckpt/qwen2-1.5b", dtype="bfloat16")
     mathvlm.hf.save_pretrained(model, "/out/qwen2-1.5b")     # transformers can load the folder
+    mathvlm.hf.save_pretrained(model, "/out/7b", dtype="bfloat16", max_shard_size="5GB")  # sharded
 
 Never touches the network, pickle files or remote code.
 
@@ -104,10 +105,17 @@ def from_pretrained(path: str | os.PathLike, *, mesh=None, rules=None, rename_ke
                              rename_keys=rename_keys, **options)
 
 
-def save_pretrained(model, path: str | os.PathLike) -> None:
-    """Write ``config.json`` + ``model.safetensors`` that ``transformers`` loads."""
+def save_pretrained(model, path: str | os.PathLike, *, dtype: str | None = None,
+                    max_shard_size: int | str | None = None) -> dict[str, Any]:
+    """Write ``config.json`` + ``model.safetensors`` that ``transformers`` loads.
+
+    ``dtype`` (e.g. ``"bfloat16"``) casts floating-point tensors on the devices as they are fetched;
+    ``max_shard_size`` (bytes or ``"5GB"``) splits the weights into ``model-0000i-of-0000N.safetensors``
+    + ``model.safetensors.index.json`` when they do not fit one file. Parameters are fetched and
+    written one at a time, so the host holds at most one shard. Returns ``{"files", "shards",
+    "bytes", "dtype", "dtypes"}``."""
     fmt = format_for_model(model)
-    write_pretrained(fmt, model, path)
+    return write_pretrained(fmt, model, path, dtype=dtype, max_shard_size=max_shard_size)
 
 
 def build_from_config(hf_config: dict[str, Any], **options):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -91,6 +92,18 @@ class LazyTensors(Mapping):
 
     def __len__(self) -> int:
         return len(self._files)
+
+    def info(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        """``(shape, dtype)`` of a tensor from the file header, without reading its data."""
+        with safe_open(self._files[key], framework="numpy") as f:
+            tensor = f.get_slice(key)
+            shape, name = tuple(tensor.get_shape()), tensor.get_dtype()
+        return shape, np.dtype(jnp.dtype(_SAFETENSORS_DTYPES.get(name, name.lower())))
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                       "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                       "BOOL": "bool"}
 
 
 def read_safetensors(path) -> LazyTensors:
@@ -223,25 +236,180 @@ def load_from_tensors(fmt: HFFormat, hf_config: dict, tensors: Mapping[str, np.n
 
 # ------------------------------------------------------------------------------------------ writing
 
-def model_to_tensors(fmt: HFFormat, model) -> dict[str, np.ndarray]:
-    """``{hf_key: array}`` of a model, in the parameters' dtype."""
-    variables = _flat_variables(nnx.state(model))
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+_SHARD_NAME = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(size: int | str | None) -> int | None:
+    """``"5GB"`` → 5·10⁹ bytes (``KB``/``MB``/``GB`` are powers of 10 as in transformers, ``KiB``/``MiB``
+    /``GiB`` powers of 2; a bare number is bytes). None, ``""`` or 0: no limit."""
+    if size is None or size == "" or size == 0:
+        return None
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(size))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"shard size {size!r}: use e.g. 5GB, 500MB, 2GiB or a number of bytes")
+    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value <= 0:
+        raise ValueError(f"shard size {size!r} must be positive")
+    return value
+
+
+def float_dtype(dtype) -> np.dtype | None:
+    """A numpy dtype (bfloat16 through ml_dtypes) for a dtype name, or None."""
+    return None if dtype in (None, "") else np.dtype(jnp.dtype(dtype))
+
+
+def cast_floating(array, dtype: np.dtype | None):
+    """``array`` in ``dtype`` when it is floating point (integer tensors keep their type)."""
+    if dtype is None or not jnp.issubdtype(array.dtype, jnp.floating) or array.dtype == dtype:
+        return array
+    return array.astype(dtype)
+
+
+class ShardWriter:
+    """Writes tensors, in the order given, into ``model.safetensors`` or — when they exceed
+    ``max_shard_size`` bytes — ``model-0000i-of-0000N.safetensors`` shards plus
+    ``model.safetensors.index.json`` (the layout transformers reads). At most one shard's tensors are
+    held in memory; a tensor larger than the limit gets a shard of its own.
+
+        with ShardWriter(folder, "5GB") as writer:
+            for key, array in tensors:
+                writer.add(key, array)
+        writer.summary   # {"files", "shards", "bytes", "dtypes"}
+
+    Weight files of an earlier write in ``path`` are removed first (a stale shard or index would be
+    read with the new ones)."""
+
+    def __init__(self, path, max_shard_size: int | str | None = None):
+        self.path = os.fspath(path)
+        self.max_bytes = parse_size(max_shard_size)
+        os.makedirs(self.path, exist_ok=True)
+        for name in os.listdir(self.path):
+            if name in (WEIGHTS_NAME, INDEX_NAME) or _SHARD_NAME.match(name) or name.startswith(".shard-"):
+                os.remove(os.path.join(self.path, name))
+        self._pending: dict[str, np.ndarray] = {}
+        self._pending_bytes = 0
+        self._shards: list[tuple[str, list[str]]] = []     # (temporary file, keys)
+        self._keys: set[str] = set()
+        self.total_bytes = 0
+        self.dtypes: dict[str, int] = {}
+        self.summary: dict[str, Any] | None = None
+
+    def add(self, key: str, array) -> None:
+        if key in self._keys:
+            raise ValueError(f"tensor {key!r} written twice")
+        array = np.asarray(array)
+        if not array.flags.c_contiguous:
+            array = array.copy(order="C")             # (np.ascontiguousarray makes 0-d tensors 1-d)
+        if self._pending and self.max_bytes and self._pending_bytes + array.nbytes > self.max_bytes:
+            self._flush()
+        self._keys.add(key)
+        self._pending[key] = array
+        self._pending_bytes += array.nbytes
+        self.total_bytes += array.nbytes
+        self.dtypes[array.dtype.name] = self.dtypes.get(array.dtype.name, 0) + 1
+
+    def _flush(self) -> None:
+        name = os.path.join(self.path, f".shard-{len(self._shards) + 1:05d}.safetensors.tmp")
+        save_file(self._pending, name, metadata={"format": "pt"})
+        self._shards.append((name, list(self._pending)))
+        self._pending, self._pending_bytes = {}, 0
+
+    def close(self) -> dict[str, Any]:
+        if self.summary is not None:
+            return self.summary
+        if self._pending or not self._shards:
+            self._flush()
+        count = len(self._shards)
+        if count == 1:
+            files = [WEIGHTS_NAME]
+            os.replace(self._shards[0][0], os.path.join(self.path, WEIGHTS_NAME))
+        else:
+            files, weight_map = [], {}
+            for i, (tmp, keys) in enumerate(self._shards, 1):
+                name = f"model-{i:05d}-of-{count:05d}.safetensors"
+                os.replace(tmp, os.path.join(self.path, name))
+                files.append(name)
+                weight_map.update(dict.fromkeys(keys, name))
+            with open(os.path.join(self.path, INDEX_NAME), "w") as f:
+                json.dump({"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map},
+                          f, indent=2, sort_keys=True)
+            files.append(INDEX_NAME)
+        self.summary = {"files": files, "shards": count, "bytes": self.total_bytes,
+                        "dtypes": dict(sorted(self.dtypes.items()))}
+        return self.summary
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None:
+            self.close()
+        else:   # leave no half-written temporaries behind
+            for tmp, _ in self._shards:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+
+
+def _check_covered(fmt: HFFormat, model, variables) -> list[WeightSpec]:
     specs = fmt.weights(model)
     uncovered = sorted(_fmt(p) for p in set(variables) - {s.path for s in specs})
     if uncovered:
         raise ValueError(f"parameters with no HF name (merge LoRA adapters first?): {uncovered}")
-    out = {}
-    for spec in specs:
-        value = np.asarray(jax.device_get(variables[spec.path].get_value()))
-        if spec.layer is not None:
-            value = value[spec.layer]
-        out[spec.hf_key] = np.asarray(spec.to_hf(value)).copy(order="C")  # keeps 0-d tensors 0-d
-    return out
+    return specs
 
 
-def write_pretrained(fmt: HFFormat, model, path) -> None:
-    os.makedirs(path, exist_ok=True)
-    tensors = model_to_tensors(fmt, model)
-    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+def _fetch(var: nnx.Variable, spec: WeightSpec, dtype: np.dtype | None) -> np.ndarray:
+    """One HF tensor from the device: only this parameter (one layer of a stacked one), cast there."""
+    value = var.get_value()
+    if spec.layer is not None:
+        value = value[spec.layer]
+    value = np.asarray(jax.device_get(cast_floating(value, dtype)))
+    return np.asarray(spec.to_hf(value)).copy(order="C")  # keeps 0-d tensors 0-d
+
+
+def model_to_tensors(fmt: HFFormat, model, dtype=None) -> dict[str, np.ndarray]:
+    """``{hf_key: array}`` of a model, in the parameters' dtype (or ``dtype`` for floating ones)."""
+    variables = _flat_variables(nnx.state(model))
+    specs = _check_covered(fmt, model, variables)
+    dtype = float_dtype(dtype)
+    return {spec.hf_key: _fetch(variables[spec.path], spec, dtype) for spec in specs}
+
+
+def set_config_dtype(hf_config: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """``dtype`` / ``torch_dtype`` of a config.json dict and of its sub-configs (``text_config`` ...)."""
+    hf_config["dtype"] = dtype
+    if "torch_dtype" in hf_config:
+        hf_config["torch_dtype"] = dtype
+    for value in hf_config.values():
+        if isinstance(value, dict) and "model_type" in value:
+            set_config_dtype(value, dtype)
+    return hf_config
+
+
+def write_pretrained(fmt: HFFormat, model, path, *, dtype=None,
+                     max_shard_size: int | str | None = None) -> dict[str, Any]:
+    """Write ``config.json`` and the weights (sharded above ``max_shard_size``), fetching one parameter
+    at a time from the devices (cast to ``dtype`` there when given). Returns a summary: files, shard
+    count, bytes, dtype."""
+    variables = _flat_variables(nnx.state(model))
+    specs = _check_covered(fmt, model, variables)
+    hf_config = fmt.hf_config(model)                    # refuses unwritable models before any file
+    target = float_dtype(dtype)
+    with ShardWriter(path, max_shard_size) as writer:
+        for spec in specs:
+            writer.add(spec.hf_key, _fetch(variables[spec.path], spec, target))
+    summary = writer.close()
+    written = (target.name if target is not None else
+               next(iter(summary["dtypes"])) if len(summary["dtypes"]) == 1 else None)
+    if written:
+        set_config_dtype(hf_config, written)
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(fmt.hf_config(model), f, indent=2, sort_keys=True)
+        json.dump(hf_config, f, indent=2, sort_keys=True)
+    return {**summary, "files": sorted(summary["files"] + ["config.json"]),
+            "dtype": written or "mixed"}

@@ -268,25 +268,55 @@ class DualEncoderFormat(HFFormat):
 
 
 _LLAVA_STRATEGY = {"default": "drop_first", "full": "keep_all"}
+LLAVA_PROJECTORS = ("mlp2x_gelu", "gated", "linear")
 
 
 def _check_llava_projector(c: VLMConfig) -> None:
-    """transformers' ``LlavaMultiModalProjector`` is exactly Linear → GELU → Linear with biases,
-    ``vision·n_layers → text → text``; any other projector has no LLaVA folder layout."""
+    """The projectors a LLaVA folder can hold: transformers' ``mlp2x_gelu`` and, in the same layout
+    with ``"projector_type"`` in config.json, Math-PUMA's ``gated`` and the single ``linear``."""
+    if c.projector not in LLAVA_PROJECTORS:
+        raise ValueError(f"cannot write a VLM with the {c.projector!r} projector as a LLaVA folder; "
+                         f"LLaVA folders hold the projectors {LLAVA_PROJECTORS}")
+
+
+def transformers_gap(c: VLMConfig) -> str | None:
+    """Why transformers' ``LlavaForConditionalGeneration`` cannot run a VLM with config ``c`` as
+    mathvlm does (its folder is then for mathvlm only), or None when it can."""
     if c.projector != "mlp2x_gelu":
-        raise ValueError(
-            f"cannot write a VLM with the {c.projector!r} projector as a transformers LLaVA folder: "
-            f"transformers' LlavaMultiModalProjector is only the 2-layer MLP (mlp2x_gelu) and "
-            f"transformers has no LLaVA class with a {c.projector!r} projector. Save the parts "
-            f"instead (save_pretrained(vlm.decoder, ...), save_pretrained(vlm.vision_tower, ...)) "
-            f"or the whole model with orbax (python -m mathvlm.convert).")
+        return (f"the {c.projector!r} projector (transformers' LlavaMultiModalProjector is only the "
+                f"2-layer MLP): config.json says projector_type={c.projector!r}")
     if c.projector_hidden not in (None, c.decoder.hidden_size):
-        raise ValueError(f"LLaVA's projector hidden width is the decoder width "
-                         f"{c.decoder.hidden_size}, not {c.projector_hidden}")
+        return (f"projector hidden width {c.projector_hidden} (transformers' is the decoder width "
+                f"{c.decoder.hidden_size})")
+    if c.feature_norm:
+        return (f"feature_norm={c.feature_norm!r} (image features standardised with "
+                f"multi_modal_projector.feature_stats; transformers ignores that tensor)")
+    return None
+
+
+def projector_weights(c: VLMConfig, hf_prefix: str = "multi_modal_projector.",
+                      path_prefix: tuple = ("projector",)) -> list[WeightSpec]:
+    """``linear_1``/``linear_2`` (mlp2x_gelu, with biases), ``gate``/``up``/``down`` (gated, no biases)
+    or ``linear`` (with bias)."""
+    p = tuple(path_prefix)
+    names = {"mlp2x_gelu": ("linear_1", "linear_2"), "gated": ("gate", "up", "down"),
+             "linear": ("linear",)}[c.projector]
+    specs = []
+    for name in names:
+        specs.append(WeightSpec(f"{hf_prefix}{name}.weight", p + (name, "kernel"), *_linear()))
+        if c.projector != "gated":
+            specs.append(WeightSpec(f"{hf_prefix}{name}.bias", p + (name, "bias")))
+    return specs
 
 
 @register_hf("llava", classes=(VLM,))
 class LlavaFormat(HFFormat):
+    """transformers' LLaVA layout. Besides its ``mlp2x_gelu`` projector, the same layout holds (for
+    mathvlm; transformers has no class for them) the ``gated`` and ``linear`` projectors
+    (``"projector_type"`` in config.json; keys ``multi_modal_projector.{gate,up,down}.weight`` and
+    ``multi_modal_projector.linear.{weight,bias}``), a projector hidden width other than the decoder's
+    (``"projector_hidden_size"``) and a calibrated feature norm (``"feature_norm": "calibrated"``,
+    key ``multi_modal_projector.feature_stats``)."""
     ignore_suffixes = ("position_ids", "rotary_emb.inv_freq")
     # Layouts of other transformers versions (4.4x nests the towers under ``model.``).
     key_aliases = (("model.vision_tower.vision_model.", "vision_tower."),
@@ -298,29 +328,33 @@ class LlavaFormat(HFFormat):
                    ("lm_head.", "language_model.lm_head."))
 
     def build(self, hf_config, *, rngs=None, **overrides):
-        if hf_config.get("projector_hidden_act", "gelu") != "gelu":
+        projector = hf_config.get("projector_type", "mlp2x_gelu")
+        if projector not in LLAVA_PROJECTORS:
+            raise NotImplementedError(f"projector_type {projector!r}; LLaVA folders hold "
+                                      f"{LLAVA_PROJECTORS}")
+        if projector != "linear" and hf_config.get("projector_hidden_act", "gelu") != "gelu":
             raise NotImplementedError(f"projector_hidden_act {hf_config['projector_hidden_act']!r}")
-        if not hf_config.get("multimodal_projector_bias", True):
+        if projector == "mlp2x_gelu" and not hf_config.get("multimodal_projector_bias", True):
             raise NotImplementedError("multimodal_projector_bias=False")
         layer = hf_config.get("vision_feature_layer", -2)
         v = vit_config_from_hf(hf_config["vision_config"])
         d = config_from_hf(hf_config["text_config"], **overrides)
         strategy = _LLAVA_STRATEGY[hf_config.get("vision_feature_select_strategy", "default")]
-        config = VLMConfig(vision=v, decoder=d, projector="mlp2x_gelu",
+        config = VLMConfig(vision=v, decoder=d, projector=projector,
+                           projector_hidden=hf_config.get("projector_hidden_size"),
                            image_token_id=hf_config.get("image_token_index",
                                                         hf_config.get("image_token_id", 32000)),
                            feature_layer=layer if isinstance(layer, int) else tuple(layer),
-                           feature_strategy=strategy)
+                           feature_strategy=strategy, feature_norm=hf_config.get("feature_norm", ""))
         return VLM(config, rngs=rngs or nnx.Rngs(0))
 
     def weights(self, model: VLM):
         c = model.config
         _check_llava_projector(c)
         specs = vit_weights(c.vision, "vision_tower.", ("vision_tower",))
-        for name in ("linear_1", "linear_2"):
-            specs += [WeightSpec(f"multi_modal_projector.{name}.weight", ("projector", name, "kernel"),
-                                 *_linear()),
-                      WeightSpec(f"multi_modal_projector.{name}.bias", ("projector", name, "bias"))]
+        specs += projector_weights(c)
+        if c.feature_norm:
+            specs.append(WeightSpec("multi_modal_projector.feature_stats", ("feature_stats",)))
         specs += decoder_weights(c.decoder, hf_prefix="language_model.model.",
                                  head_key="language_model.lm_head.weight", path_prefix=("decoder",))
         return specs
@@ -330,18 +364,24 @@ class LlavaFormat(HFFormat):
         _check_llava_projector(c)
         vision = vit_config_to_hf(c.vision)
         vision.pop("architectures")
-        strategy = {"drop_first": "default", "keep_all": "full"}.get(c.feature_strategy)
-        if strategy is None or (c.feature_strategy == "drop_cls" and c.vision.has_class_token):
-            strategy = "default"
+        # drop_cls drops the CLIP class token (LLaVA's "default") and nothing of a SigLIP tower ("full").
+        strategy = {"drop_first": "default", "keep_all": "full"}.get(
+            c.feature_strategy, "default" if c.vision.has_class_token else "full")
         text = config_to_hf(c.decoder)
         text.pop("architectures")
         layer = c.feature_layer if isinstance(c.feature_layer, int) else list(c.feature_layer)
-        return {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
-                "vision_config": vision, "text_config": text, "image_token_index": c.image_token_id,
-                "projector_hidden_act": "gelu", "vision_feature_layer": layer,
-                "vision_feature_select_strategy": strategy, "multimodal_projector_bias": True,
-                "image_seq_length": c.tokens_per_image,
-                "tie_word_embeddings": c.decoder.tie_embeddings}
+        out = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+               "vision_config": vision, "text_config": text, "image_token_index": c.image_token_id,
+               "projector_type": c.projector, "projector_hidden_act": "gelu",
+               "vision_feature_layer": layer, "vision_feature_select_strategy": strategy,
+               "multimodal_projector_bias": c.projector != "gated",
+               "image_seq_length": c.tokens_per_image,
+               "tie_word_embeddings": c.decoder.tie_embeddings}
+        if c.projector_hidden not in (None, c.decoder.hidden_size):
+            out["projector_hidden_size"] = c.projector_hidden
+        if c.feature_norm:
+            out["feature_norm"] = c.feature_norm
+        return out
 
     def ignored(self, model, key):
         return super().ignored(model, key) or (model.config.decoder.tie_embeddings

@@ -27,11 +27,17 @@ class Generated(NamedTuple):
     lengths: jax.Array   # [batch] number of generated tokens including the stop token
 
 
+def _per_row(rng: jax.Array) -> bool:
+    """True for a batch of keys (typed keys of shape [batch], raw uint32 keys of shape [batch, 2])."""
+    typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    return rng.ndim == (1 if typed else 2)
+
+
 def sample_logits(logits: jax.Array, rng: jax.Array, *, temperature, top_k: int = 0,
                   top_p=1.0) -> jax.Array:
     """Next token per row of ``logits [batch, vocab]``: argmax when ``temperature == 0``, otherwise a
     sample from the temperature-scaled distribution restricted to the top-k tokens and to the smallest
-    set whose probability reaches ``top_p``."""
+    set whose probability reaches ``top_p``. ``rng``: one key, or one per row."""
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     scaled = logits.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
     if top_k:
@@ -44,7 +50,10 @@ def sample_logits(logits: jax.Array, rng: jax.Array, *, temperature, top_k: int 
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     sorted_logits = jnp.where(mass_before < top_p, sorted_logits, -jnp.inf)
-    choice = jax.random.categorical(rng, sorted_logits, axis=-1)
+    if _per_row(rng):
+        choice = jax.vmap(lambda key, row: jax.random.categorical(key, row))(rng, sorted_logits)
+    else:
+        choice = jax.random.categorical(rng, sorted_logits, axis=-1)
     sampled = jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
     return jnp.where(temperature > 0, sampled, greedy)
 
@@ -56,7 +65,8 @@ def generate(model, tokens: jax.Array | None = None, attention_mask: jax.Array |
     """Continue each prompt row by up to ``max_new_tokens`` tokens.
 
     ``tokens [batch, prompt_len]`` (or ``inputs_embeds [batch, prompt_len, embed]``) with
-    ``attention_mask`` (1 = real token). Greedy when ``temperature == 0``. Compiled per
+    ``attention_mask`` (1 = real token). Greedy when ``temperature == 0``; ``rng`` is one key or one
+    key per row (see the module docstring). Compiled per
     (shapes, max_new_tokens, top_k, stop_tokens, pad_id); temperature and top_p are traced."""
     if tokens is None and inputs_embeds is None:
         raise ValueError("generate needs tokens or inputs_embeds")
@@ -87,7 +97,10 @@ def _generate(graphdef, state, tokens, inputs_embeds, mask, rng, temperature, to
     next_logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
 
     def pick(logits, step):
-        key = jax.random.fold_in(rng, step)
+        if _per_row(rng):
+            key = jax.vmap(lambda row_key: jax.random.fold_in(row_key, step))(rng)
+        else:
+            key = jax.random.fold_in(rng, step)
 
         def sample(logits):
             return sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)

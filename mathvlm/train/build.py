@@ -137,6 +137,36 @@ def _place(model, mesh, rules):
     return model
 
 
+def _restored(config, mesh, location: str):
+    """The run's model built abstractly (no random init to compute and throw away: at 7B that is most
+    of an export's time) and filled from its checkpoint, every parameter placed as it is read."""
+    rules = config.sharding.rules
+
+    def make():
+        folder = config.get("init", {}).get("hf", "")
+        if folder and config.model.name == "hf":
+            from mathvlm import hf
+
+            model = hf.build_from_config(hf.read_config(folder), **hf_options(config.model))
+        elif folder:
+            model = init_lib.load_from_hf(folder, config.model, None, rules)
+        else:
+            model = build_model(config.model, config.seed)
+        return add_lora(model, config)
+
+    abstract = nnx.eval_shape(make)
+    graphdef, state = nnx.split(abstract)
+    placements = sharding.state_shardings(state, mesh, rules)
+    model = nnx.merge(graphdef, jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, placements))
+    init_lib.load_from_checkpoint(model, location)
+    left = [sharding.path_name(p) for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(model))
+            if isinstance(x, jax.ShapeDtypeStruct)]
+    if left:
+        raise ValueError(f"{location}: the checkpoint does not fill {left[:5]} of this model")
+    return model
+
+
 def init_model(config, mesh, *, restore: str | None = None):
     """The model a stage starts from (see the module docstring), placed on ``mesh``.
 
@@ -147,11 +177,7 @@ def init_model(config, mesh, *, restore: str | None = None):
     rules = config.sharding.rules
     init_from = config.get("init", {})
     if restore:
-        model = _architecture(config, mesh, weights=False)
-        add_lora(model, config)
-        _place(model, mesh, rules)
-        init_lib.load_from_checkpoint(model, restore)
-        return model
+        return _restored(config, mesh, restore)
 
     model = _architecture(config, mesh, weights=True)
     location = init_from.get("checkpoint", "")

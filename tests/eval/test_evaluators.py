@@ -196,7 +196,7 @@ def test_engine_heldout_blind_modes_and_predictions(mode, tmp_path):
         else:
             assert (image == (255 if mode == "blank" else 0)).all()
     assert metrics["engine_x/answered"] == pytest.approx(3 / 6)  # batches of 2: every second reply
-    rows = [json.loads(line) for line in (tmp_path / "engine_x_predictions.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "engine_x_responses.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [r["id"] for r in records]
     assert sum(r["answered"] for r in rows) == 3 and not any(r["correct"] for r in rows)
     with pytest.raises(ValueError, match="blind='dark'"):

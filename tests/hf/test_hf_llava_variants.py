@@ -1,5 +1,5 @@
 """LLaVA variants against transformers: list-valued vision_feature_layer, the ``rename_keys`` hook of
-the generic loader, and the saver's refusal of projectors transformers cannot hold."""
+the generic loader, and the projectors transformers has no class for (written for mathvlm)."""
 
 import json
 import os
@@ -113,13 +113,19 @@ def test_rename_keys_prefix_mapping_and_callable(multi_layer, tmp_path):
 
 
 @pytest.mark.parametrize("projector", ["linear", "gated"])
-def test_saver_refuses_projectors_transformers_lacks(projector, tmp_path):
-    config = VLMConfig(vision=ViTConfig(num_layers=1), projector=projector,
+def test_saver_writes_projectors_transformers_lacks(projector, tmp_path):
+    """transformers has no LLaVA class for them; the LLaVA layout holds them for mathvlm
+    (``projector_type`` in config.json) and they read back exactly."""
+    config = VLMConfig(vision=ViTConfig(num_layers=1), projector=projector, image_token_id=63,
                        decoder=DecoderConfig(num_layers=1, vocab_size=64))
-    model = nnx.eval_shape(lambda: VLM(config, rngs=nnx.Rngs(0)))
-    with pytest.raises(ValueError, match=f"{projector!r} projector.*transformers has no LLaVA class"):
-        hf.save_pretrained(model, tmp_path)
-    assert not (tmp_path / "model.safetensors").exists()
+    model = VLM(config, rngs=nnx.Rngs(0))
+    hf.save_pretrained(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["projector_type"] == projector
+    back = hf.from_pretrained(tmp_path)
+    assert type(back.projector) is type(model.projector)
+    tokens = np.array([[1, 2] + [63] * 16 + [3]])
+    images = np.random.RandomState(0).randn(1, 32, 32, 3).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(back(tokens, images)), np.asarray(model(tokens, images)))
 
 
 def test_saver_writes_mlp2x_gelu_vlm_built_from_scratch(tmp_path):

@@ -120,3 +120,16 @@ def test_bf16_cache_is_updated_in_place():
     c = config
     full = f"[{c.num_layers},2,{c.num_kv_heads},{tokens.shape[1] + new},{c.head_dim}]"
     assert f"u16{full}" in hlo and f"f32{full}" not in hlo and f"bf16{full}" not in hlo
+
+
+def test_per_row_keys_make_a_rows_samples_independent_of_its_batch(model):
+    """One key per row: a row draws the same tokens whatever shares its batch and wherever it sits (what
+    lets evaluate run split items over processes and still reproduce one process's samples)."""
+    tokens, mask = _pad([PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[0]], "left")
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(5), jnp.arange(4))
+    kw = {"max_new_tokens": 6, "temperature": 1.0}
+    out = np.asarray(generate(model, tokens, mask, rng=keys, **kw).tokens)
+    order = [2, 0, 3, 1]
+    permuted = np.asarray(generate(model, tokens[order], mask[order], rng=keys[np.asarray(order)], **kw).tokens)
+    np.testing.assert_array_equal(permuted, out[order])
+    assert not np.array_equal(out[0], out[3])  # same prompt, own keys: other draws

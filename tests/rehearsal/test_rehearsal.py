@@ -1,0 +1,118 @@
+"""The real-size path, rehearsed end to end: each paper's own ``size=7b|13b`` recipe, from folders in
+the released models' layouts (miniature widths, same code branches) to an exported, evaluated model,
+through the commands the README documents (``mathvlm.main``, ``mathvlm.convert``, ``mathvlm.dpo_pairs``,
+``mathvlm.select``, ``mathvlm.evaluate``: their command lines, called in-process to save interpreter
+start-ups), on 8 fake devices with each recipe's own default mesh (FSDP over all of them).
+
+Only the budget changes (``steps=2``, batch 8): what a pod run would change for a smoke test."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mathvlm import config as mc
+from mathvlm import main as entry
+from tests.rehearsal import miniature
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.long
+
+BUDGET = ("--config.data.batch_size=8",)
+
+
+def train(spec: str, workdir, *overrides: str) -> dict:
+    """``python -m mathvlm.main --config SPEC --workdir W [--config.k=v ...]``: the same argument checks
+    (``preflight``) and the same run."""
+    config = mc.preflight(["main", f"--config={spec}", *BUDGET, *overrides])
+    metrics = entry.run(config, str(workdir))
+    with open(os.path.join(workdir, "config.json")) as f:
+        saved = json.load(f)
+    assert saved["mesh"] == {"data": 1, "fsdp": -1, "tensor": 1}, saved["mesh"]   # the recipe's own
+    assert np.isfinite(metrics["loss"]), metrics
+    return metrics
+
+
+def convert(*argv: str) -> dict:
+    from mathvlm import convert as convert_cli
+
+    convert_cli.main(list(argv))
+    return {}
+
+
+def trained_lora(workdir) -> dict[str, np.ndarray]:
+    from flax import nnx
+
+    from mathvlm import sharding
+    from mathvlm.train.build import init_model
+
+    config = mc.load_run_config(str(workdir))
+    model = init_model(config, sharding.make_mesh(config.mesh), restore=str(workdir))
+    return {sharding.path_name(p): np.asarray(v) for p, v in
+            jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.LoRAParam))}
+
+
+def test_mavis_from_clip_and_mistral_to_an_exported_dpo_model(tmp_path):
+    """MAVIS: build-vlm (CLIP ViT-L/14-336 + MAmmoTH2/Mistral, mlp2x_gelu) → CLIP-Math → alignment
+    (projector + LoRA) → instruction tuning (continues the LoRA) → dpo_pairs → DPO → export
+    --merge-lora → transformers' LlavaForConditionalGeneration gives mathvlm's logits."""
+    clip = miniature.make_clip_vit_l_336(tmp_path / "clip-vit-large-patch14-336")
+    llm = miniature.make_mistral(tmp_path / "MAmmoTH2-7B")
+    vlm = str(tmp_path / "mavis-7b-start")
+    convert("build-vlm", "--vision", clip, "--llm", llm, "--projector", "mlp2x_gelu", "--out", vlm)
+
+    runs = tmp_path / "runs"
+    train(f"configs/mavis/clip_math.py:size=vit-l-336,hf={clip},steps=2", runs / "clip_math_l",
+          "--config.eval.at_start=False")
+    train(f"configs/mavis/align.py:size=7b,hf={vlm},init={runs / 'clip_math_l'},steps=2", runs / "align_7b")
+    align_lora = trained_lora(runs / "align_7b")
+    assert align_lora and any(np.abs(v).max() > 0 for k, v in align_lora.items() if "lora_b" in k)
+    train(f"configs/mavis/instruct.py:size=7b,hf={vlm},init={runs / 'align_7b'},steps=2",
+          runs / "instruct_7b")
+    instruct_lora = trained_lora(runs / "instruct_7b")
+    assert instruct_lora.keys() == align_lora.keys()       # the same adapters, trained on
+
+    from mathvlm import dpo_pairs
+
+    assert dpo_pairs.main(["--config", f"configs/mavis/instruct.py:size=7b,hf={vlm}", "--checkpoint",
+                           str(runs / "instruct_7b"), "--num", "16", "--batch-size", "8",
+                           "--out", str(runs / "dpo_pairs")]) == 0
+    stats = json.loads((runs / "dpo_pairs" / "stats.json").read_text())
+    assert stats["pairs"] >= 8, stats                     # an untrained miniature is wrong on most
+    train(f"configs/mavis/dpo.py:size=7b,hf={vlm},init={runs / 'instruct_7b'},"
+          f"data={runs / 'dpo_pairs' / 'pairs.jsonl'},steps=2", runs / "dpo_7b")
+
+    exported = str(tmp_path / "mavis-7b-hf")
+    convert("export", str(runs / "dpo_7b"), "--out", exported, "--merge-lora")
+    assert_exported_logits_equal(runs / "dpo_7b", exported)
+
+
+def assert_exported_logits_equal(run, exported):
+    """The exported folder in transformers (float32) gives the logits of the run's own model (its LoRA
+    adapters applied, float32 compute) on a prompt with an image."""
+    import transformers
+
+    from mathvlm import sharding
+    from mathvlm.train.build import init_model
+
+    config = mc.load_run_config(str(run))
+    config.model.dtype = "float32"
+    model = init_model(config, sharding.make_mesh(config.mesh), restore=str(run))
+    hf_model = transformers.AutoModelForImageTextToText.from_pretrained(exported).eval()
+    c = model.config
+    rng = np.random.default_rng(0)
+    size = c.vision.image_size
+    pixels = rng.normal(size=(1, size, size, 3)).astype(np.float32)
+    text = rng.integers(5, c.image_token_id - 1, size=(1, 6))
+    tokens = np.concatenate([text[:, :2], np.full((1, c.tokens_per_image), c.image_token_id), text[:, 2:]],
+                            axis=1).astype(np.int32)
+    ours = np.asarray(model(tokens, pixels))
+    with torch.no_grad():
+        theirs = hf_model(input_ids=torch.tensor(tokens, dtype=torch.long),
+                          pixel_values=torch.tensor(pixels).permute(0, 3, 1, 2)).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
