@@ -53,7 +53,7 @@ def test_run_reproduces_the_trainers_final_evaluation(trained, tmp_path):
 
 
 def test_loaded_parameters_are_the_trained_ones(trained):
-    from mathvlm.train import build, loop, optim
+    from mathvlm.train import build, optim
     from mathvlm.train.checkpoint import Checkpointer
 
     config = mc.load(CONFIG)
