@@ -215,7 +215,7 @@ def make_evaluators(config, workdir: str | None = None):
     """The evaluators of ``config.eval.evaluators`` (``[{"name", **options}]``), sharing one
     :class:`~mathvlm.train.predict.Predictor` built from ``config`` (tokenizer, template, image size and
     preprocessing, image tokens: as the training rows). Evaluators that batch get the predictor's batch
-    size unless they set one (a smaller batch would be padded up to it); ``workdir`` is where those
+    size unless they set one (the compiled generation shape); ``workdir`` is where those
     that write tables put them, unless their options say otherwise."""
     if not config.eval.evaluators:
         return []
