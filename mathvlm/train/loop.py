@@ -126,7 +126,8 @@ class Trainer:
         known, as on CPU). Raises :class:`DoesNotFitError` saying what to change when it cannot fit."""
         limit = int(self.config.train.get("device_memory_bytes", 0) or 0)
         if not limit:
-            stats = self.mesh.devices.flat[0].memory_stats() or {}
+            # A device of this process: another host's devices report nothing (PjRt refuses).
+            stats = self.mesh.local_devices[0].memory_stats() or {}
             limit = int(stats.get("bytes_limit", 0))
         if not limit:
             return None
@@ -211,6 +212,24 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _accepted_options(cls) -> set[str]:
+    """Keyword names ``cls(...)`` takes, following ``**kwargs`` up the ``__init__`` chain (an evaluator
+    such as ``MathVistaEvaluator(predict_fn, *, integer_rule, **kwargs)`` takes its base's options)."""
+    import inspect
+
+    if not isinstance(cls, type):
+        return set(inspect.signature(cls).parameters)
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(vars(klass)["__init__"]).parameters
+        names.update(parameters)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            break
+    return names
+
+
 def make_evaluators(config, workdir: str | None = None):
     """The evaluators of ``config.eval.evaluators`` (``[{"name", **options}]``), sharing one
     :class:`~mathvlm.train.predict.Predictor` built from ``config`` (tokenizer, template, image size and
@@ -219,8 +238,6 @@ def make_evaluators(config, workdir: str | None = None):
     that write tables put them, unless their options say otherwise."""
     if not config.eval.evaluators:
         return []
-    import inspect
-
     from mathvlm.train.predict import Predictor
 
     predictor = Predictor.from_config(config)
@@ -234,7 +251,7 @@ def make_evaluators(config, workdir: str | None = None):
         options = {k: v for k, v in spec.items() if k not in ("name", "label")}
         if "label" in spec:  # the metric prefix, so one evaluator can run twice (e.g. blind)
             options["name"] = spec["label"]
-        accepted = inspect.signature(cls).parameters
+        accepted = _accepted_options(cls)
         if "batch_size" in accepted:
             options.setdefault("batch_size", predictor.batch_size)
         if workdir and "workdir" in accepted:
