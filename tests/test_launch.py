@@ -113,8 +113,8 @@ def test_batch_that_does_not_divide_over_the_mesh_is_refused():
 def test_batch_that_does_not_divide_over_the_hosts_is_refused():
     with pytest.raises(tpu_pod.LaunchError) as info:
         tpu_pod.main(["--config", MAVIS_7B, "--topology", "v5litepod-16", "--tpu-name", "t", "--zone", "z",
-                      "--config.mesh.data=1", "--config.mesh.tensor=-1", "--config.data.batch_size=6",
-                      "--dry-run"])
+                      "--config.mesh.data=1", "--config.mesh.fsdp=1", "--config.mesh.tensor=-1",
+                      "--config.data.batch_size=6", "--dry-run"])
     assert "data.batch_size=6 does not divide over the 4 hosts" in str(info.value)
 
 
