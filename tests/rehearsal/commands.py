@@ -46,6 +46,17 @@ def trained_lora(workdir) -> dict[str, np.ndarray]:
             jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.LoRAParam))}
 
 
+def image_prompt(c) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, pixels) of one random prompt with the VLM config ``c``'s image placeholders inline."""
+    rng = np.random.default_rng(0)
+    size = c.vision.image_size
+    pixels = rng.normal(size=(1, size, size, 3)).astype(np.float32)
+    text = rng.integers(5, c.image_token_id - 1, size=(1, 6))
+    tokens = np.concatenate([text[:, :2], np.full((1, c.tokens_per_image), c.image_token_id), text[:, 2:]],
+                            axis=1).astype(np.int32)
+    return tokens, pixels
+
+
 def assert_exported_logits_equal(run, exported):
     """The exported folder in transformers (float32) gives the logits of the run's own model (its LoRA
     adapters applied, float32 compute) on a prompt with an image."""
@@ -59,13 +70,7 @@ def assert_exported_logits_equal(run, exported):
     config.model.dtype = "float32"
     model = init_model(config, sharding.make_mesh(config.mesh), restore=str(run))
     hf_model = transformers.AutoModelForImageTextToText.from_pretrained(exported).eval()
-    c = model.config
-    rng = np.random.default_rng(0)
-    size = c.vision.image_size
-    pixels = rng.normal(size=(1, size, size, 3)).astype(np.float32)
-    text = rng.integers(5, c.image_token_id - 1, size=(1, 6))
-    tokens = np.concatenate([text[:, :2], np.full((1, c.tokens_per_image), c.image_token_id), text[:, 2:]],
-                            axis=1).astype(np.int32)
+    tokens, pixels = image_prompt(model.config)
     ours = np.asarray(model(tokens, pixels))
     with torch.no_grad():
         theirs = hf_model(input_ids=torch.tensor(tokens, dtype=torch.long),

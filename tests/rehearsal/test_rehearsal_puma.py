@@ -24,7 +24,7 @@ import pytest
 
 from mathvlm import config as mc
 from tests.rehearsal import miniature
-from tests.rehearsal.commands import BUDGET, convert, train
+from tests.rehearsal.commands import BUDGET, convert, image_prompt, train
 
 torch = pytest.importorskip("torch")
 
@@ -150,14 +150,8 @@ def assert_exported_vlm_logits_equal(run, exported, start):
     ours = restored_model(run)
     loaded = hf.from_pretrained(exported, dtype="float32")
     assert isinstance(loaded.projector, GatedProjector) and isinstance(ours.projector, GatedProjector)
-    c = ours.config
-    assert loaded.config.image_token_id == c.image_token_id
-    rng = np.random.default_rng(0)
-    size = c.vision.image_size
-    pixels = rng.normal(size=(1, size, size, 3)).astype(np.float32)
-    text = rng.integers(5, c.image_token_id - 1, size=(1, 6))
-    tokens = np.concatenate([text[:, :2], np.full((1, c.tokens_per_image), c.image_token_id), text[:, 2:]],
-                            axis=1).astype(np.int32)
+    assert loaded.config.image_token_id == ours.config.image_token_id
+    tokens, pixels = image_prompt(ours.config)
     expected = np.asarray(ours(tokens, pixels))
     np.testing.assert_allclose(np.asarray(loaded(tokens, pixels)), expected, atol=1e-4, rtol=1e-4)
     untrained = np.asarray(hf.from_pretrained(start, dtype="float32")(tokens, pixels))
