@@ -373,14 +373,6 @@ def _fetch(var: nnx.Variable, spec: WeightSpec, dtype: np.dtype | None) -> np.nd
     return np.asarray(spec.to_hf(value)).copy(order="C")  # keeps 0-d tensors 0-d
 
 
-def model_to_tensors(fmt: HFFormat, model, dtype=None) -> dict[str, np.ndarray]:
-    """``{hf_key: array}`` of a model, in the parameters' dtype (or ``dtype`` for floating ones)."""
-    variables = _flat_variables(nnx.state(model))
-    specs = _check_covered(fmt, model, variables)
-    dtype = float_dtype(dtype)
-    return {spec.hf_key: _fetch(variables[spec.path], spec, dtype) for spec in specs}
-
-
 def set_config_dtype(hf_config: dict[str, Any], dtype: str) -> dict[str, Any]:
     """``dtype`` / ``torch_dtype`` of a config.json dict and of its sub-configs (``text_config`` ...)."""
     hf_config["dtype"] = dtype

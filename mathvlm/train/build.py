@@ -20,14 +20,13 @@ A previous stage that trained LoRA adapters saved ``…/q_proj/base/kernel``, ``
 
 from __future__ import annotations
 
-import json
-import os
 import re
 
 import jax
 from absl import logging
 from flax import nnx
 
+from mathvlm import config as mc
 from mathvlm import registry, sharding
 from mathvlm.train import init as init_lib
 
@@ -70,22 +69,16 @@ def make_model_and_optimizer(config, trainable):
     return make
 
 
-def _architecture(config, mesh, *, weights: bool):
-    """The config's model on ``mesh``: from ``init.hf`` (its weights when ``weights``, else only its
-    config.json) or the model registry."""
-    rules = config.sharding.rules
+def _architecture(config, mesh):
+    """The config's model on ``mesh``: read from ``init.hf`` (a transformers folder; ``config.model``'s
+    other keys are loader options) or built by the model registry at random init."""
     folder = config.get("init", {}).get("hf", "")
-    if folder and config.model.name == "hf":
+    if folder:
         from mathvlm import hf
 
-        if weights:
-            return hf.from_pretrained(folder, mesh=mesh, rules=rules, **hf_options(config.model))
-        hf_config = hf.read_config(folder)
-        return sharding.create_sharded(
-            lambda: hf.build_from_config(hf_config, **hf_options(config.model)), mesh, rules)
-    if folder:
-        return init_lib.load_from_hf(folder, config.model, mesh, rules)
-    return sharding.create_sharded(lambda: build_model(config.model, config.seed), mesh, rules)
+        return hf.from_pretrained(folder, mesh=mesh, rules=config.sharding.rules, **hf_options(config.model))
+    return sharding.create_sharded(lambda: build_model(config.model, config.seed), mesh,
+                                   config.sharding.rules)
 
 
 def saved_lora(location: str) -> dict | None:
@@ -97,17 +90,15 @@ def saved_lora(location: str) -> dict | None:
     if not modules:
         return None
     rank = shapes[modules[0] + "/lora_a"][-1]
-    return {"rank": int(rank), "modules": modules, "alpha": _run_lora_alpha(state_dir)}
+    return {"rank": int(rank), "modules": modules, "alpha": _run_lora_alpha(location)}
 
 
-def _run_lora_alpha(state_dir: str) -> float | None:
-    """``lora.alpha`` from the ``config.json`` of the run that wrote ``…/checkpoints/<step>/state``."""
-    workdir = os.path.dirname(os.path.dirname(os.path.dirname(state_dir)))
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+def _run_lora_alpha(location: str) -> float | None:
+    """``lora.alpha`` from the ``config.json`` of the run that wrote the checkpoint at ``location``."""
+    try:
+        return float(mc.load_run_config(location).get("lora", {}).get("alpha", 0.0)) or None
+    except mc.ConfigError:
         return None
-    with open(path) as f:
-        return float(json.load(f).get("lora", {}).get("alpha", 0.0)) or None
 
 
 def _apply_saved_lora(model, saved: dict, location: str, params: str, seed: int):
@@ -142,14 +133,12 @@ def _restored(config, mesh, location: str):
     of an export's time) and filled from its checkpoint, every parameter placed as it is read."""
     rules = config.sharding.rules
 
-    def make():
+    def make():  # the architecture only: a transformers folder's config.json, not its weights
         folder = config.get("init", {}).get("hf", "")
-        if folder and config.model.name == "hf":
+        if folder:
             from mathvlm import hf
 
             model = hf.build_from_config(hf.read_config(folder), **hf_options(config.model))
-        elif folder:
-            model = init_lib.load_from_hf(folder, config.model, None, rules)
         else:
             model = build_model(config.model, config.seed)
         return add_lora(model, config)
@@ -179,7 +168,7 @@ def init_model(config, mesh, *, restore: str | None = None):
     if restore:
         return _restored(config, mesh, restore)
 
-    model = _architecture(config, mesh, weights=True)
+    model = _architecture(config, mesh)
     location = init_from.get("checkpoint", "")
     lora = config.get("lora", None)
     rank = lora.rank if lora else 0

@@ -1,5 +1,5 @@
-"""Where a stage's weights start: random init (the model registry), a transformers folder
-(``init.hf``), or a previous stage's checkpoint (``init.checkpoint``, a workdir or checkpoint folder).
+"""A previous stage's checkpoint (``init.checkpoint``, a workdir or checkpoint folder) loaded into a
+model; :mod:`mathvlm.train.build` decides the rest of where a stage's weights start.
 
 ``init.params`` maps parameter (and statistic) paths of the previous stage onto this stage's, as
 comma-separated ``source:destination`` prefixes (``"image_tower:vision_tower"``: MAVIS stage 2 takes the CLIP-Math image
@@ -18,15 +18,6 @@ from flax import nnx
 
 from mathvlm import sharding
 from mathvlm.train.checkpoint import saved_shapes
-
-
-def load_from_hf(path: str, model_config, mesh, rules):
-    """A model built and filled from a local transformers folder, placed on ``mesh`` as it is read;
-    ``model_config`` keys other than ``name`` / ``preset`` are loader options (dtype, scan_layers...)."""
-    from mathvlm import hf
-
-    options = {k: v for k, v in model_config.to_dict().items() if k not in ("name", "preset")}
-    return hf.from_pretrained(path, mesh=mesh, rules=rules, **options)
 
 
 def param_mapping(spec: str) -> list[tuple[str, str]]:
