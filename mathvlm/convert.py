@@ -11,6 +11,13 @@
         [--image-token "<image>"] [--feature-layer -2] [--feature-strategy default|full]
         [--template vicuna_v1|chatml|plain] [--seed 0] [--dtype bfloat16] [--max-shard-size 5GB]
 
+    # a paper's released checkpoint (original layout) as a folder mathvlm (and transformers) loads
+    python -m mathvlm.convert import --format llava-original /ckpt/Math-LLaVA \\
+        --vision /ckpt/clip-vit-large-patch14-336 --out /ckpt/math-llava-13b
+    python -m mathvlm.convert import --format puma-qwen2vlm /ckpt/Math-PUMA_Qwen2VL-7B --out DIR
+    python -m mathvlm.convert import --format deepseek-vl /ckpt/Math-PUMA_DeepSeek-Math-VL-7B --out DIR
+        [--dtype bfloat16] [--max-shard-size 5GB] [--template NAME]
+
     # any training run's model (newest checkpoint, or --step N) as a transformers folder
     python -m mathvlm.convert export runs/align --out /out/align-hf --merge-lora
         [--dtype bfloat16|float32] [--max-shard-size 5GB] [--step N]
@@ -18,8 +25,9 @@
 An orbax checkpoint directory holds ``state/`` (the model's ``nnx.State``, written by
 ``ocp.StandardCheckpointer``) and ``model.json`` (the HF config.json dict plus the build options, e.g.
 ``scan_layers``), enough to rebuild the model and restore it onto any mesh with :func:`load_orbax`.
-``build-vlm`` and ``export`` are :func:`mathvlm.hf.assemble.build_vlm` / ``export_run``; both print
-what they wrote as JSON on their last line.
+``build-vlm``, ``import`` and ``export`` are :func:`mathvlm.hf.assemble.build_vlm`,
+:func:`mathvlm.hf.releases.import_release` and :func:`mathvlm.hf.export.export_run`; each prints what it
+wrote as JSON on its last line.
 """
 
 from __future__ import annotations
@@ -123,6 +131,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     vlm.add_argument("--vocab-multiple", type=int, default=64,
                      help="a vocabulary grown for the image token is rounded up to this multiple")
 
+    release = sub.add_parser("import", help="a paper's released checkpoint → a folder mathvlm loads")
+    release.add_argument("src", help="the release folder (config.json, safetensors or .bin shards, "
+                                     "tokenizer)")
+    release.add_argument("--format", required=True,
+                         choices=("llava-original", "puma-qwen2vlm", "deepseek-vl"))
+    release.add_argument("--out", required=True)
+    release.add_argument("--vision", default=None,
+                         help="llava-original: the image tower folder its config.json names "
+                              "(mm_vision_tower), which the release does not hold")
+    release.add_argument("--dtype", default=None, help="cast every tensor (default: keep the release's)")
+    release.add_argument("--max-shard-size", default="5GB")
+    release.add_argument("--template", default=None,
+                         help="chat template (default: the release's: vicuna_v1, chatml, deepseek)")
+
     export = sub.add_parser("export", help="a training run's checkpoint → transformers folder")
     export.add_argument("run", help="the run's workdir, its checkpoints folder or checkpoints/<step>")
     export.add_argument("--out", required=True)
@@ -145,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         orbax_to_hf(args.ckpt_dir, args.out_dir)
         print(f"wrote {args.out_dir}")
     else:
-        from mathvlm.hf import assemble
+        from mathvlm.hf import assemble, export
 
         try:
             if args.command == "build-vlm":
@@ -155,8 +177,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                     feature_strategy=args.feature_strategy, template=args.template, seed=args.seed,
                     dtype=args.dtype, max_shard_size=args.max_shard_size, tokenizer=args.tokenizer,
                     vocab_multiple=args.vocab_multiple)
+            elif args.command == "import":
+                from mathvlm.hf import releases
+
+                summary = releases.import_release(
+                    args.format, args.src, args.out, vision=args.vision, dtype=args.dtype,
+                    max_shard_size=args.max_shard_size, template=args.template)
             else:
-                summary = assemble.export_run(args.run, args.out, merge_lora=args.merge_lora,
+                summary = export.export_run(args.run, args.out, merge_lora=args.merge_lora,
                                               dtype=args.dtype, max_shard_size=args.max_shard_size,
                                               step=args.step)
         except assemble.ConversionError as err:

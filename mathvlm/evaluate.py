@@ -1,14 +1,27 @@
 """Command line for evaluation. No JAX is imported by ``score`` or ``check-data``.
 
   python -m mathvlm.evaluate score --benchmark {mathvista,math_v,geoqa,we_math,mathverse}
-                                   --predictions FILE [--data DIR]
+                                   --predictions FILE [--data DIR] [--math-v-rule {official,lenient}]
       Re-score a predictions file in the benchmark's official output format with the official rules
       (mathverse: the local rules of mathvlm.eval.mathverse on each record's ``model_answer``).
       Prints per-category tables, then as the LAST line one JSON object with correct, total, accuracy.
+      math_v: the answer is re-extracted from each ``response`` and compared by ``--math-v-rule``:
+      ``official`` (default) reproduces MATH-V's evaluation/evaluate.py item by item, quirks included
+      (e.g. "120" does not match the option "$120^{\\circ}$"); ``lenient`` normalises LaTeX first
+      (degrees, units, $ stripped) and so counts more items correct. See mathvlm.eval.math_v.
+  python -m mathvlm.evaluate agreement --benchmark mathvista --predictions FILE [FILE ...] [--data DIR]
+                                       [--response-label {response,execution}]
+                                       [--judge-url URL --judge-model M --judge-cache DIR --judge-prompt FILE]
+      How often our rule-based extraction (mathvlm.eval.local_extraction, no API) agrees with each
+      record's stored GPT ``extraction``: raw string agreement, agreement after MathVista's official
+      normalisation, and accuracy with either extraction. A table row per file, then a JSON last line.
+      --response-label execution: the *_code files, whose GPT extraction was made from the code's output.
+      The --judge-* flags (opt-in; network) replace our fallback by MathVista's few-shot GPT extraction
+      through an OpenAI-compatible endpoint, cached on disk; failed calls are counted and listed.
   python -m mathvlm.evaluate check-data --root DIR
       Load every benchmark folder under DIR (mathvista/, mathverse/, math_v/, we_math/, geoqa/) and print counts.
   python -m mathvlm.evaluate run --config CFG (--checkpoint CKPT | --hf FOLDER) --workdir DIR
-                                 [--evaluators JSON] [--step N]
+                                 [--data BENCHMARK_DIR] [--evaluators JSON] [--step N]
                                  [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
                                  [--stop STRING ...] [--batch-size B] [--shard-timeout SECONDS]
       Build the config's model, load a training checkpoint (a run's workdir: its newest step, or --step N;
@@ -17,7 +30,24 @@
       object with every metric; also writes DIR/eval_metrics.json, the evaluators' tables and each
       evaluator's per-item responses in its benchmark's output format, DIR/<name>_responses.json[l]
       (mathvista, mathverse, we_math: .json; math_v, geoqa, engine, text_math: .jsonl), which ``score``
-      re-scores to the same numbers.
+      re-scores to the same numbers. --data sets every benchmark evaluator's ``data_dir``; the
+      benchmark files (and for the protocol configs every picture) are checked before the model loads.
+
+      The papers' protocols, one command per table row (configs/eval/, each docstring says what matches
+      the paper and what differs):
+        python -m mathvlm.evaluate run --config configs/eval/<protocol>.py --hf DIR --data DIR --workdir OUT
+      with <protocol> math_llava_mathvista, puma_mathvista, puma_mathverse, mavis_mathverse, mavis_geoqa,
+      math_v:model=math_llava|puma|puma_deepseek|mavis, we_math:model=... . The prompt, decoding,
+      extraction, scoring and sub-scores come from the config; tokenizer, chat template
+      (``mathvlm_template`` in config.json; config arg template= when a folder lacks it), image size,
+      image tokens and preprocessing from the --hf folder. Besides the files above they write
+      OUT/table.md, the paper's row. --data layouts (upstream file names; a missing file or picture is
+      an error naming it and this layout):
+        mathvista/  testmini.json, query.json, images/<pid>.jpg
+        mathverse/  testmini.json (five visual versions), testmini_text_only.json, images/<image>
+        math_v/     test.jsonl (or testmini.jsonl), images/<id>.jpg
+        we_math/    testmini.json, 2steps/image/*.png, 3steps/image/*.png
+        geoqa/      test_questions.jsonl, test_answers.jsonl, test/<question_id>.png (each "image")
 
       Decoding: greedy with ``config.eval.max_new_tokens`` (32) by default. Each evaluator spec may set
       its own ``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed`` (``sample_seed`` for
@@ -48,14 +78,15 @@ import sys
 from mathvlm.eval import common
 
 
-def _score(benchmark: str, predictions: str, data: str | None, integer_rule: str) -> dict:
+def _score(benchmark: str, predictions: str, data: str | None, integer_rule: str,
+           math_v_rule: str = "official") -> dict:
     if benchmark == "mathvista":
         return mathvista_tally(predictions, data, integer_rule).to_dict()
     if benchmark == "math_v":
         from mathvlm.eval import math_v
         if not data:
             raise common.DataError("math_v needs --data DIR holding test.jsonl (the ground truth)")
-        return math_v.score_predictions(predictions, data).to_dict()
+        return math_v.score_predictions(predictions, data, rule=math_v_rule).to_dict()
     if benchmark == "geoqa":
         from mathvlm.eval import geoqa
         if not data:
@@ -76,6 +107,19 @@ def _score(benchmark: str, predictions: str, data: str | None, integer_rule: str
 def mathvista_tally(predictions: str, data: str | None, integer_rule: str):
     from mathvlm.eval import mathvista
     return mathvista.score_results(predictions, data, integer_rule=integer_rule)
+
+
+def agreement(predictions: list[str], data: str | None, integer_rule: str, response_label: str = "response",
+              judge_options: tuple = (None, None, None, None)) -> int:
+    """The ``agreement`` command: a markdown table, then a JSON last line (mathvista.agreement_report)."""
+    from mathvlm.eval import mathvista
+    table, result, warning = mathvista.agreement_report(predictions, data, integer_rule, response_label,
+                                                        judge_options)
+    print(table)
+    if warning:
+        print(warning, file=sys.stderr)
+    print(json.dumps(result))
+    return 0
 
 
 def check_data(root: str) -> dict:
@@ -300,8 +344,13 @@ def evaluate_split(evaluators, model, *, workdir: str, process: int = 0, count: 
 
 def run_evaluation(config_spec: str, workdir: str, *, checkpoint: str | None = None, hf: str | None = None,
                    evaluators: str | None = None, step: int | None = None, generation: dict | None = None,
-                   shard_timeout: float = 3600.0) -> dict:
+                   shard_timeout: float = 3600.0, data: str | None = None) -> dict:
     """Evaluate a checkpoint or transformers folder with a config's evaluators; returns the metrics.
+
+    ``data``: a benchmark folder, every benchmark evaluator's ``data_dir``. A protocol config
+    (``configs/eval/``, :mod:`mathvlm.eval.protocols`) takes tokenizer, template, image size and
+    preprocessing from the ``hf`` folder and writes its paper-table row to ``workdir/table.md``. The
+    benchmark files (and, for the protocols, every picture) are checked before the model loads.
 
     ``generation``: decoding settings (:data:`GENERATION_FLAGS`) overriding every evaluator's. In a
     multi-process run (:mod:`mathvlm.distributed`) every process builds the whole model on its own
@@ -313,18 +362,23 @@ def run_evaluation(config_spec: str, workdir: str, *, checkpoint: str | None = N
 
     from mathvlm import config as mc
     from mathvlm import sharding
+    from mathvlm.eval import protocols
     from mathvlm.train import loop
 
     config = mc.load(config_spec)
-    specs = _apply_generation(config, _evaluator_specs(config, evaluators), generation or {})
+    specs = protocols.prepare(config, hf=hf, data=data, specs=_evaluator_specs(config, evaluators))
+    specs = _apply_generation(config, specs, generation or {})
     config.eval.evaluators = specs
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     process, count = jax.process_index(), jax.process_count()
     token = _run_token(count)
+    built = loop.make_evaluators(config, workdir=workdir if process == 0 else None)
+    for evaluator in built:  # a missing benchmark file or picture fails now, not after loading 13B weights
+        if hasattr(evaluator, "check_inputs"):
+            evaluator.check_inputs()
     with sharding.mesh_devices(jax.local_devices()):
         model, origin = load_model(config, checkpoint=checkpoint, hf=hf, step=step)
-    built = loop.make_evaluators(config, workdir=workdir if process == 0 else None)
     metrics = evaluate_split(built, model, workdir=workdir, process=process, count=count, token=token,
                              timeout=shard_timeout)
     if process != 0:
@@ -338,6 +392,9 @@ def run_evaluation(config_spec: str, workdir: str, *, checkpoint: str | None = N
     result = {**metrics, **origin}
     with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
+    table = protocols.write_table(config, metrics, workdir)
+    if table:
+        print(f"## {table}")
     return result
 
 
@@ -351,7 +408,21 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--data", help="benchmark folder with the ground truth (required for math_v, geoqa)")
     score.add_argument("--integer-rule", choices=["truncate", "strict"], default="truncate",
                        help="MathVista integers: int(float(x)) as calculate_score.py now, or the stricter int(x)")
+    score.add_argument("--math-v-rule", choices=["official", "lenient"], default="official",
+                       help="math_v: MATH-V's evaluate.py exactly (default), or LaTeX-normalising lenient")
     score.add_argument("--workdir", help="also write <benchmark>.md and <benchmark>.json here")
+    agree = commands.add_parser("agreement", help="our rule-based extraction vs the stored GPT extraction")
+    agree.add_argument("--benchmark", required=True, choices=["mathvista"])
+    agree.add_argument("--predictions", required=True, nargs="+", help="official results JSON file(s)")
+    agree.add_argument("--data", help="folder with testmini.json filling problem fields the files lack")
+    agree.add_argument("--integer-rule", choices=["truncate", "strict"], default="truncate")
+    agree.add_argument("--response-label", default="response",
+                       help="the field to extract from (upstream --response_label; 'execution' for *_code files)")
+    agree.add_argument("--judge-url", help="opt-in: an OpenAI-compatible base URL used where upstream calls GPT")
+    agree.add_argument("--judge-model", help="with --judge-url: the model name")
+    agree.add_argument("--judge-cache", help="with --judge-url: folder caching every judge reply")
+    agree.add_argument("--judge-prompt", help="with --judge-url: a text file with MathVista's few-shot "
+                       "extraction prompt (demo_prompt of evaluation/prompts/ext_ans.py)")
     check = commands.add_parser("check-data", help="load every benchmark folder under --root and print counts")
     check.add_argument("--root", required=True)
     run = commands.add_parser("run", help="generate with a trained model and score with the config's evaluators")
@@ -360,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     weights.add_argument("--checkpoint", help="a training workdir (newest step) or its checkpoints/<step> folder")
     weights.add_argument("--hf", help="a local transformers folder instead of a training checkpoint")
     run.add_argument("--workdir", required=True, help="where eval_metrics.json and the tables go")
+    run.add_argument("--data", help="the benchmark's local folder: every benchmark evaluator's data_dir "
+                                    "(layouts: see the module docstring)")
     run.add_argument("--evaluators", help="JSON object or list replacing the config's eval.evaluators")
     run.add_argument("--step", type=int, help="with --checkpoint WORKDIR: this step instead of the newest")
     decoding = run.add_argument_group("decoding (each overrides that setting of every evaluator)")
@@ -386,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = run_evaluation(args.config, args.workdir, checkpoint=args.checkpoint, hf=args.hf,
                                     evaluators=args.evaluators, step=args.step, generation=generation,
-                                    shard_timeout=args.shard_timeout)
+                                    shard_timeout=args.shard_timeout, data=args.data)
         except (FileNotFoundError, ValueError, TimeoutError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -402,7 +475,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in row.items()))
             print(json.dumps(counts))
             return 0
-        results = _score(args.benchmark, args.predictions, args.data, args.integer_rule)
+        if args.command == "agreement":
+            return agreement(args.predictions, args.data, args.integer_rule, args.response_label,
+                             judge_options=(args.judge_url, args.judge_model, args.judge_cache, args.judge_prompt))
+        results = _score(args.benchmark, args.predictions, args.data, args.integer_rule, args.math_v_rule)
     except common.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -12,6 +12,9 @@ Templates (seeds-digest §2.3, §3.2):
 * ``chatml`` (Math-PUMA Qwen2): ``<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\n`` + every image
   first as ``<image>\\n`` + text ``<|im_end|>\\n<|im_start|>assistant\\n{a}<|im_end|>\\n``
 * ``plain`` (caption alignment): ``<image>{caption}</s>``, only the caption supervised.
+* ``deepseek`` (Math-PUMA DeepSeek-Math / DeepSeek-VL SFT format): ``{system}\n\nUser: {q}\n\nAssistant:
+  {a}<｜end▁of▁sentence｜>User: ...`` (deepseek_vl/utils/conversation.py, ``sep="\n\n"``, ``sep2`` = eos;
+  images stay where the text puts them, as DeepSeek-VL's ``<image_placeholder>``).
 
 Pieces are tokenised separately and concatenated, so a supervised span never shares a token with the
 prompt (at the cost of rare merges across the boundary that whole-string tokenisation would make).
@@ -28,6 +31,10 @@ IMAGE = "<image>"
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant "
                  "gives helpful, detailed, and polite answers to the user's questions.")
 CHATML_SYSTEM = "You are a helpful assistant."
+# DeepSeek-VL's VLChatProcessor.system_prompt (deepseek_vl/models/processing_vlm.py).
+DEEPSEEK_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual "
+                   "content that the user provides, and assist the user with a variety of tasks using natural "
+                   "language.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +103,18 @@ def plain(conversation, system: str | None = None, generation: bool = False) -> 
     return pieces
 
 
-TEMPLATES = {"vicuna_v1": vicuna_v1, "chatml": chatml, "plain": plain}
+def deepseek(conversation, system: str | None = None, generation: bool = False) -> list[Piece]:
+    system = DEEPSEEK_SYSTEM if system is None else system
+    pieces = [_text(system + "\n\n")] if system else []   # an empty system adds no separator
+    for turn in conversation:
+        if turn["role"] == "user":
+            pieces += [_text("User: ")] + _user_text(turn["content"], False) + [_text("\n\nAssistant:")]
+        else:
+            pieces += [_text(" " + turn["content"], True), Piece("eos", supervised=True)]
+    return pieces
+
+
+TEMPLATES = {"vicuna_v1": vicuna_v1, "chatml": chatml, "plain": plain, "deepseek": deepseek}
 
 
 def render(conversation, template: str, system: str | None = None) -> list[Piece]:

@@ -72,3 +72,39 @@ class Judge:
         prompt = JUDGE_PROMPT.format(question=question, answer=answer, prediction=prediction)
         reply = self.complete([{"role": "user", "content": prompt}])
         return "judgement: 1" in reply.lower() or reply.strip() == "1"
+
+
+def mathvista_extraction_prompt(demo_prompt: str, query: str, response: str) -> str:
+    """The user message of MathVista's GPT extraction (``create_test_prompt`` in extract_answer.py):
+    the few-shot demo, the problem's query and the response, then "Extracted answer: "."""
+    return f"{demo_prompt.strip()}\n\n{query}\n\n{response}\n\nExtracted answer: "
+
+
+class MathVistaJudgeExtractor:
+    """``extract(response, problem)`` as MathVista's ``extract_answer``: the official rules first
+    (:func:`mathvlm.eval.local_extraction.official_rule_extraction`), then one judge call with the
+    few-shot ``demo_prompt`` (upstream's evaluation/prompts/ext_ans.py text, supplied by the user).
+    A failed call gives "" as upstream does, and is counted in ``failures`` (with its pid in
+    ``failed_pids``) so that callers report it."""
+
+    def __init__(self, judge: Judge, demo_prompt: str):
+        if not demo_prompt.strip():
+            raise ValueError("the MathVista extraction prompt is empty")
+        self.judge = judge
+        self.demo_prompt = demo_prompt
+        self.failures = 0
+        self.failed_pids: list[str] = []
+
+    def __call__(self, response: str, problem: dict) -> str:
+        from mathvlm.eval.local_extraction import official_rule_extraction
+
+        rule = official_rule_extraction(response, problem)
+        if rule is not None:
+            return rule
+        prompt = mathvista_extraction_prompt(self.demo_prompt, problem.get("query", problem.get("question", "")), response)
+        try:
+            return self.judge.complete([{"role": "user", "content": prompt}])
+        except Exception as e:  # noqa: BLE001  (network, HTTP or body errors: counted, reported by the caller)
+            self.failures += 1
+            self.failed_pids.append(f"{problem.get('pid', '?')}: {type(e).__name__}: {e}"[:200])
+            return ""

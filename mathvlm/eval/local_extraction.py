@@ -1,5 +1,11 @@
 """Rule-based answer extraction from a free response, used by our local protocol in place of the
-papers' GPT extraction step. Its output feeds each benchmark's official normalisation unchanged."""
+papers' GPT extraction step. Its output feeds each benchmark's official normalisation unchanged.
+
+MathVista (:func:`extract_for_mathvista`): first the rules of the official ``extract_answer``
+(lupantech/MathVista ``evaluation/extract_answer.py``, with its ``--quick_extract`` rule), which return
+before GPT is called; only where upstream would call GPT, our fallback (\\boxed / "answer is" tail,
+option letter, last number). ``python -m mathvlm.evaluate agreement`` measures how often this agrees
+with the published GPT extractions."""
 
 from __future__ import annotations
 
@@ -34,8 +40,39 @@ def extract_number(response: str) -> str | None:
     return numbers[-1].replace(",", "") if numbers else None
 
 
+_QUICK = re.compile(r'The answer is "(.*)"\.')
+
+
+def official_rule_extraction(response: str, problem: dict) -> str | None:
+    """The rule steps of MathVista's ``extract_answer``, in its order; None where it would ask GPT.
+
+    Empty response -> ""; multi_choice and the response is exactly a choice -> it; integer type and
+    ``int(response)`` works -> ``str(int)``; float type and ``float(response)`` works -> ``str(float)``
+    ("3" -> "3.0"); ``The answer is "X".`` -> X (the quick-extract rule)."""
+    if response == "":
+        return ""
+    if problem["question_type"] == "multi_choice" and response in (problem["choices"] or []):
+        return response
+    if problem["answer_type"] == "integer":
+        try:
+            return str(int(response))
+        except ValueError:
+            pass
+    if problem["answer_type"] == "float":
+        try:
+            return str(float(response))
+        except ValueError:
+            pass
+    found = _QUICK.search(response)
+    return found.group(1) if found else None
+
+
 def extract_for_mathvista(response: str, problem: dict) -> str:
-    """A MathVista ``extraction``: a letter or the tail text for MC, a number (or list) otherwise."""
+    """A MathVista ``extraction``: the official rules first (:func:`official_rule_extraction`), then a
+    letter or the tail text for MC, a number (or list) otherwise."""
+    official = official_rule_extraction(response, problem)
+    if official is not None:
+        return official
     if problem["question_type"] == "multi_choice":
         return extract_choice_letter(response, len(problem["choices"] or [])) or answer_tail(response)
     if problem["answer_type"] == "list":

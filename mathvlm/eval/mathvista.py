@@ -10,6 +10,9 @@ and compares it with the answer **as strings**. This module reimplements that no
 * float: ``str(round(float(x), int(precision)))`` -- so "1.20" with precision 1 becomes "1.2";
 * list: ``str(x)``.
 Failures normalise to None, which never equals an answer.
+
+:func:`extraction_agreement` / :func:`agreement_report` (``python -m mathvlm.evaluate agreement``) measure
+how often a local extraction agrees with the stored GPT ``extraction`` of a published results file.
 """
 
 from __future__ import annotations
@@ -115,3 +118,102 @@ def score_results(results_path: str, data_dir: str | None = None, **normalize_kw
             continue
         tally.add(is_correct(problem, problem["extraction"], **normalize_kwargs), categories(problem))
     return tally
+
+
+# --- agreement of a local extraction with the stored GPT extraction ------------------------------------
+
+AGREEMENT_KEYS = ("items", "compared", "missing_extraction", "raw_agree", "normalized_agree",
+                  "correct_gpt", "correct_local")
+
+
+def extraction_agreement(results_path: str, data_dir: str | None = None, extract=None,
+                         response_label: str = "response", **normalize_kwargs) -> dict[str, int]:
+    """How often ``extract(response, problem)`` (default: our rule-based
+    :func:`mathvlm.eval.local_extraction.extract_for_mathvista`) agrees with each record's stored GPT
+    ``extraction``.
+
+    ``raw_agree``: the two strings are identical. ``normalized_agree``: they normalise
+    (:func:`normalize_extraction`) to the same prediction, e.g. "B" and the text of choice B; two
+    extractions that both fail to normalise (None) agree, since both score as no answer. Both are over
+    ``compared`` = records with a stored extraction; ``missing_extraction`` records have none.
+    ``correct_gpt`` / ``correct_local``: items correct with each extraction over all ``items`` (a record
+    without a stored extraction is wrong under GPT, as in :func:`score_results`). ``response_label``:
+    the field extracted from, as upstream's ``--response_label`` (``execution`` for the program-of-thought
+    files, whose ``response`` is code and whose GPT extraction was made from the code's output)."""
+    from mathvlm.eval import local_extraction
+
+    extract = extract or local_extraction.extract_for_mathvista
+    results = read_json(results_path)
+    if not isinstance(results, dict):
+        raise DataError(f"{results_path}: expected an object keyed by pid")
+    truth = load_testmini(data_dir) if data_dir else {}
+    counts = dict.fromkeys(AGREEMENT_KEYS, 0)
+    for pid, item in results.items():
+        problem = {**truth.get(pid, {}), **item} if isinstance(item, dict) else item
+        require(problem, _REQUIRED + (response_label,), results_path, pid)
+        response = problem[response_label]
+        if not isinstance(response, str):
+            raise DataError(f"{results_path}: record {pid!r} has a non-string {response_label!r} "
+                            f"({type(response).__name__})")
+        local = extract(response, problem)
+        counts["items"] += 1
+        counts["correct_local"] += is_correct(problem, local, **normalize_kwargs)
+        if "extraction" not in problem:
+            counts["missing_extraction"] += 1
+            continue
+        stored = problem["extraction"]
+        counts["compared"] += 1
+        counts["correct_gpt"] += is_correct(problem, stored, **normalize_kwargs)
+        counts["raw_agree"] += local == stored
+        args = (problem["choices"], problem["question_type"], problem["answer_type"], problem["precision"])
+        counts["normalized_agree"] += (normalize_extraction(local, *args, **normalize_kwargs)
+                                       == normalize_extraction(stored, *args, **normalize_kwargs))
+    return counts
+
+
+def agreement_table(rows: dict[str, dict[str, int]]) -> str:
+    """Markdown: one row per file (name -> :func:`extraction_agreement` counts) and a total row."""
+    total = {key: sum(row[key] for row in rows.values()) for key in AGREEMENT_KEYS}
+    lines = ["| file | items | raw agree % | normalised agree % | acc. GPT extraction % | acc. ours % |",
+             "|---|---|---|---|---|---|"]
+    for name, row in [*rows.items(), ("total", total)]:
+        def pct(count, of):
+            return f"{100 * count / of:.1f}" if of else "-"
+        lines.append(f"| {name} | {row['items']} | {pct(row['raw_agree'], row['compared'])} | "
+                     f"{pct(row['normalized_agree'], row['compared'])} | {pct(row['correct_gpt'], row['items'])} | "
+                     f"{pct(row['correct_local'], row['items'])} |")
+    return "\n".join(lines)
+
+
+def agreement_report(predictions: list[str], data: str | None, integer_rule: str = "truncate",
+                     response_label: str = "response", judge_options: tuple = (None, None, None, None)):
+    """(markdown table, JSON-able result {"benchmark", "files", "total"}, warning or "") for the
+    ``agreement`` command. With a judge (opt-in: url, model, cache folder, prompt file) the extraction is
+    MathVista's own (rules, then the judge) and each row also counts ``judge_calls`` and
+    ``judge_failures`` (a failed call extracts "", as upstream; the warning lists them)."""
+    url, model, cache, prompt = judge_options
+    extractor = None
+    if url:
+        from mathvlm.eval import judge
+        if not (model and cache and prompt):
+            raise DataError("--judge-url needs --judge-model, --judge-cache and --judge-prompt")
+        if not os.path.exists(prompt):
+            raise DataError(f"{prompt}: file not found")
+        with open(prompt, encoding="utf-8") as f:
+            extractor = judge.MathVistaJudgeExtractor(judge.Judge(url, model, cache), f.read())
+    rows = {}
+    for path in predictions:
+        name = os.path.basename(path)
+        if name in rows:
+            raise DataError(f"{path}: a file of the same name was already given")
+        calls, failures = (extractor.judge.calls, extractor.failures) if extractor else (0, 0)
+        rows[name] = extraction_agreement(path, data, extract=extractor, response_label=response_label,
+                                          integer_rule=integer_rule)
+        if extractor:
+            rows[name].update(judge_calls=extractor.judge.calls - calls, judge_failures=extractor.failures - failures)
+    total = {key: sum(row[key] for row in rows.values()) for key in rows[next(iter(rows))]}
+    warning = ""
+    if extractor and extractor.failures:
+        warning = (f"warning: {extractor.failures} judge call(s) failed and extracted '': "
+                   + "; ".join(extractor.failed_pids[:10]))
+    return agreement_table(rows), {"benchmark": "mathvista", "files": rows, "total": total}, warning

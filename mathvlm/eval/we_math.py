@@ -116,3 +116,25 @@ def score_results(results_path: str, truth_path: str | None = None) -> dict[str,
             merged.append({**truth[number], **record})
         records = merged
     return four_dimensional_metrics(records, results_path)
+
+
+# We-Math's answer template with the knowledge concept, as Math-PUMA's evaluation script sends it
+# (eval/inference/sub_inference_json_customvlm.py): its line breaks and indentation become spaces.
+OFFICIAL_PROMPT = """Now, we require you to solve a multiple-choice math question. We will provide
+    you with the relevant knowledge concepts of this question for your reference.
+    Please briefly describe your thought process and provide the final answer(option).
+    Knowledge concept: {knowledge_concept}
+    Question: {question}
+    Option: {option}
+    Regarding the format, please answer following the template below, and be
+    sure to include two <> symbols:
+    <Thought process>: <<your thought process>> <Answer>: <<your option>>""".replace("\n", " ")
+
+
+def official_prompt(record: dict) -> str:
+    """The template above with the record's ``knowledge concept description``, question and options."""
+    if "knowledge concept description" not in record:
+        raise DataError(f"We-Math record {record.get('question number')!r} lacks 'knowledge concept "
+                        "description' (the official prompt quotes it); use testmini.json as released")
+    return OFFICIAL_PROMPT.format(knowledge_concept=record["knowledge concept description"],
+                                  question=record["question"], option=record["option"])

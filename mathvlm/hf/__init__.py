@@ -40,7 +40,7 @@ from mathvlm.hf.io import (  # noqa: F401
 
 # Modules that register formats; imported on the first dispatch. Missing ones are skipped so the
 # vision side may land independently.
-_FORMAT_MODULES = ("mathvlm.hf.llm", "mathvlm.hf.vision")
+_FORMAT_MODULES = ("mathvlm.hf.llm", "mathvlm.hf.vision", "mathvlm.hf.deepseek_vl")
 FORMATS: dict[str, HFFormat] = {}            # config.json model_type → format
 _SAVERS: list[tuple[tuple[type, ...], HFFormat]] = []
 

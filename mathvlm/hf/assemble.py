@@ -1,5 +1,5 @@
-"""Assemble transformers folders: a paper's starting VLM from released parts (:func:`build_vlm`), and
-any training run's model (:func:`export_run`). ``python -m mathvlm.convert build-vlm|export`` call them.
+"""Assemble LLaVA-layout transformers folders: a paper's starting VLM from released parts
+(:func:`build_vlm`, ``python -m mathvlm.convert build-vlm``).
 
 **build-vlm**: a vision folder (``CLIPVisionModel`` / ``CLIPModel`` / ``SiglipVisionModel`` /
 ``SiglipModel``; the image tower is taken) + a causal-LM folder (Llama / Mistral / Qwen2) → a LLaVA
@@ -14,14 +14,13 @@ time (:func:`mathvlm.hf.io.read_safetensors`) and written in shards, so a 7B LLM
 twice. ``mlp2x_gelu`` folders load in transformers' ``LlavaForConditionalGeneration``; ``gated`` and
 ``linear`` ones only in mathvlm (:class:`mathvlm.hf.vision.LlavaFormat`).
 
-**export**: a run's config (``config.json`` beside ``checkpoints/``) rebuilds the trained model
-(:func:`mathvlm.train.build.init_model` with ``restore=``), LoRA adapters are folded (``merge_lora``,
-only when asked: a transformers folder has no place for adapters), and :func:`mathvlm.hf.save_pretrained`
-writes it, plus the tokenizer files, image processor and chat template the run used.
+**export** lives in :mod:`mathvlm.hf.export`; **import** of the papers' released checkpoints in
+:mod:`mathvlm.hf.releases` (both reuse this module's pieces).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -116,6 +115,13 @@ def chat_template_jinja(name: str, image_token: str = "<image>") -> str:
                 + cue.replace("CUE", "'<|im_start|>assistant\\n'")
                 + "{%- elif message['role'] == 'assistant' -%}"
                 "{{ content(message['content']) }}{{ eos_token }}{{ '\\n' }}{%- endif -%}{%- endfor -%}")
+    if name == "deepseek":   # DeepSeek-VL: "{system}\n\nUser: {q}\n\nAssistant: {a}<eos>User: ..."
+        return (_content_macro(image_token, False) + _system(templates_lib.DEEPSEEK_SYSTEM)
+                + "{%- if system -%}{{ system + '\n\n' }}{%- endif -%}{%- for message in turns -%}"
+                "{%- if message['role'] == 'user' -%}{{ 'User: ' }}{{ content(message['content']) }}"
+                + cue.replace("CUE", "'\n\nAssistant:'")
+                + "{%- elif message['role'] == 'assistant' -%}"
+                "{{ ' ' }}{{ content(message['content']) }}{{ eos_token }}{%- endif -%}{%- endfor -%}")
     if name == "plain":
         return (_content_macro(image_token, False)
                 + "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
@@ -230,13 +236,50 @@ def build_vlm(vision: str, llm: str, out: str, *, projector: str = "mlp2x_gelu",
     ``dtype`` casts every floating tensor (default: each part keeps its own, the new projector takes
     the LLM's). The vocabulary grows, when the image token needs it, to a multiple of
     ``vocab_multiple`` (LLaVA-1.5-HF: 32064)."""
+    _check_out(out, vision, llm, tokenizer)
+    vision_hf, vision_prefixes = _vision_config(vision)
+    preprocessor = None
+    if os.path.exists(os.path.join(vision, "preprocessor_config.json")):
+        preprocessor = hf.load_json(os.path.join(vision, "preprocessor_config.json"))
+    generation = os.path.join(llm, "generation_config.json")
+    return assemble_vlm(
+        Part(vision, vision_hf, hf.read_safetensors(vision), vision_prefixes),
+        Part(llm, hf.read_config(llm), hf.read_safetensors(llm)), out,
+        projector=projector, tokenizer=tokenizer or llm, image_token=image_token,
+        feature_layer=feature_layer, feature_strategy=feature_strategy, template=template, seed=seed,
+        dtype=dtype, max_shard_size=max_shard_size, vocab_multiple=vocab_multiple,
+        preprocessor=preprocessor, generation_config=generation if os.path.exists(generation) else None)
+
+
+@dataclasses.dataclass
+class Part:
+    """One source of an assembled VLM: where it comes from (for messages), its config.json dict, its
+    tensors (any mapping with ``info``) and the key prefixes under which its tensors may sit."""
+    where: str
+    config: dict[str, Any]
+    tensors: Any
+    prefixes: tuple[str, ...] = ("",)
+
+
+def assemble_vlm(vision: Part, llm: Part, out: str, *, projector: str, tokenizer: str,
+                 image_token: str = "<image>", feature_layer: int | tuple[int, ...] = -2,
+                 feature_strategy: str = "default", template: str | None = None, seed: int = 0,
+                 dtype: str | None = None, max_shard_size: int | str | None = "5GB",
+                 vocab_multiple: int = 64, projector_tensors=None, preprocessor: dict | None = None,
+                 generation_config: str | None = None, extra_config: dict | None = None,
+                 command: str = "build-vlm") -> dict[str, Any]:
+    """The LLaVA folder of ``vision`` (tower keys as in a CLIP/SigLIP vision folder) + ``llm`` (keys
+    ``model.*`` / ``lm_head.weight`` of a causal-LM folder) + a projector: fresh (``seed``) or, from a
+    released VLM, ``projector_tensors`` keyed ``multi_modal_projector.*`` as this layout names them.
+    ``preprocessor`` is written as ``preprocessor_config.json`` (default: the tower's plain one);
+    ``extra_config`` adds keys to config.json."""
     if projector not in LLAVA_PROJECTORS:
         raise ConversionError(f"projector {projector!r}; one of {LLAVA_PROJECTORS}")
     if feature_strategy not in _LLAVA_STRATEGY:
         raise ConversionError(f"feature strategy {feature_strategy!r}; one of {sorted(_LLAVA_STRATEGY)}")
-    _check_out(out, vision, llm, tokenizer)
-    vision_hf, vision_prefixes = _vision_config(vision)
-    llm_hf = hf.read_config(llm)
+    vision_hf, vision_prefixes, vision_tensors = vision.config, vision.prefixes, vision.tensors
+    llm_hf, llm_tensors = llm.config, llm.tensors
+    vision, llm = vision.where, llm.where
     if llm_hf.get("model_type") not in DEFAULT_TEMPLATES:
         raise ConversionError(f"{llm}: model_type {llm_hf.get('model_type')!r} is not a causal LM "
                               f"mathvlm reads; give a {sorted(DEFAULT_TEMPLATES)} folder")
@@ -245,7 +288,7 @@ def build_vlm(vision: str, llm: str, out: str, *, projector: str = "mlp2x_gelu",
     notes = []
 
     # The tokenizer: reuse the image token if the LLM's tokenizer has it, else add it as special.
-    tok = _load_tokenizer(tokenizer or llm)
+    tok = _load_tokenizer(tokenizer)
     vocab = tok.get_vocab()
     if image_token in vocab:
         image_id, added = int(vocab[image_token]), False
@@ -274,7 +317,6 @@ def build_vlm(vision: str, llm: str, out: str, *, projector: str = "mlp2x_gelu",
     fmt = hf.format_for_model(abstract)
     specs = fmt.weights(abstract)
     variables = hf_io._flat_variables(nnx.state(abstract))
-    vision_tensors, llm_tensors = hf.read_safetensors(vision), hf.read_safetensors(llm)
 
     # Where each written tensor comes from (checked before anything is written).
     sources: dict[str, tuple[str, str]] = {}
@@ -288,6 +330,11 @@ def build_vlm(vision: str, llm: str, out: str, *, projector: str = "mlp2x_gelu",
                                          ("",), llm))
         elif key == "language_model.lm_head.weight":
             sources[key] = ("llm", _find(llm_tensors, "lm_head.weight", ("",), llm))
+        elif projector_tensors is not None:
+            if key not in projector_tensors:
+                raise ConversionError(f"the release has no projector tensor for {key} (it has "
+                                      f"{sorted(projector_tensors)})")
+            sources[key] = ("released", key)
         else:
             sources[key] = ("projector", key)
     resized = {"language_model.model.embed_tokens.weight", "language_model.lm_head.weight"}
@@ -295,7 +342,8 @@ def build_vlm(vision: str, llm: str, out: str, *, projector: str = "mlp2x_gelu",
         part, source = sources[spec.hf_key]
         if part == "projector":
             continue
-        shape, _ = (vision_tensors if part == "vision" else llm_tensors).info(source)
+        tensors = {"vision": vision_tensors, "llm": llm_tensors, "released": projector_tensors}[part]
+        shape, _ = tensors.info(source)
         if spec.hf_key in resized:
             shape = (new_vocab,) + shape[1:]
         var = variables[spec.path]
@@ -321,7 +369,8 @@ def build_vlm(vision: str, llm: str, out: str, *, projector: str = "mlp2x_gelu",
                 value = np.asarray(proj_vars[spec.path[1:]].get_value())
                 value = np.asarray(spec.to_hf(value)).astype(target or llm_dtype)
             else:
-                value = (vision_tensors if part == "vision" else llm_tensors)[source]
+                value = {"vision": vision_tensors, "llm": llm_tensors,
+                         "released": projector_tensors}[part][source]
                 if spec.hf_key in resized and value.shape[0] < new_vocab:
                     mean = value.astype(np.float32).mean(axis=0, keepdims=True).astype(value.dtype)
                     value = np.concatenate(
@@ -340,6 +389,7 @@ def build_vlm(vision: str, llm: str, out: str, *, projector: str = "mlp2x_gelu",
     if target is None:
         hf_config["vision_config"]["dtype"] = vision_dtype.name
     hf_config["mathvlm_template"] = template
+    hf_config.update(extra_config or {})
     _write_json(os.path.join(out, "config.json"), hf_config)
 
     tok.chat_template = chat_template
@@ -348,22 +398,20 @@ def build_vlm(vision: str, llm: str, out: str, *, projector: str = "mlp2x_gelu",
     if not os.path.exists(os.path.join(out, "chat_template.jinja")):   # older transformers
         with open(os.path.join(out, "chat_template.jinja"), "w") as f:
             f.write(chat_template)
-    if os.path.exists(os.path.join(vision, "preprocessor_config.json")):
-        shutil.copy(os.path.join(vision, "preprocessor_config.json"), out)
-    else:
-        _write_json(os.path.join(out, "preprocessor_config.json"),
-                    image_processor_config(config.vision.flavour, config.vision.image_size))
+    if preprocessor is None:
+        preprocessor = image_processor_config(config.vision.flavour, config.vision.image_size)
         notes.append(f"{vision} has no preprocessor_config.json: wrote the {config.vision.flavour} "
                      "default")
+    _write_json(os.path.join(out, "preprocessor_config.json"), preprocessor)
     _write_json(os.path.join(out, "processor_config.json"),
                 llava_processor_config(config, image_token, feature_strategy))
-    if os.path.exists(os.path.join(llm, "generation_config.json")):
-        shutil.copy(os.path.join(llm, "generation_config.json"), out)
+    if generation_config:
+        shutil.copy(generation_config, os.path.join(out, "generation_config.json"))
     gap = transformers_gap(config)
     if gap:
         notes.append(f"transformers' LlavaForConditionalGeneration cannot run this folder: {gap}; "
                      "load it with mathvlm.hf.from_pretrained")
-    return {"command": "build-vlm", "out": os.path.abspath(out),
+    return {"command": command, "out": os.path.abspath(out),
             "files": sorted(os.listdir(out)), "shards": weights["shards"], "bytes": weights["bytes"],
             "dtype": target.name if target is not None else "mixed" if len(weights["dtypes"]) > 1
             else next(iter(weights["dtypes"])),
@@ -377,159 +425,3 @@ def _trainer_image_names() -> tuple[str, ...]:
     from mathvlm.data.text import IMAGE_TOKEN_NAMES
 
     return IMAGE_TOKEN_NAMES
-
-
-# ---------------------------------------------------------------------------------------- export
-
-def checkpoint_location(location: str, step: int | None) -> str:
-    """``location`` (a workdir, its ``checkpoints`` folder or ``checkpoints/<step>``) or, with
-    ``step``, that step's ``checkpoints/<step>`` folder."""
-    if step is None:
-        return location
-    location = os.path.abspath(location)
-    folders = (os.path.join(location, "checkpoints"), location, os.path.dirname(location))
-    for folder in folders:
-        if os.path.isdir(os.path.join(folder, str(step), "state")):
-            return os.path.join(folder, str(step))
-    saved = sorted({int(d) for f in folders if os.path.isdir(f) for d in os.listdir(f) if d.isdigit()})
-    raise ConversionError(f"{location}: no checkpoint of step {step}; saved steps: {saved}")
-
-
-def _tokenizer_sources(config) -> list[tuple[str, str]]:
-    """``(what, folder)`` pairs where the run's tokenizer files may be, in order."""
-    from mathvlm.data.text import ENGINE_TOKENIZER
-
-    out = []
-    init_hf = config.get("init", {}).get("hf", "")
-    if init_hf:
-        out.append(("init.hf", init_hf))
-    spec = config.get("data", {}).get("tokenizer", "")
-    if spec == "engine":
-        out.append(("data.tokenizer=engine", ENGINE_TOKENIZER))
-    elif spec and spec != "bytes":
-        out.append(("data.tokenizer", spec))
-    return [(what, folder) for what, folder in out if os.path.isdir(folder)]
-
-
-def _image_token(folder: str) -> str | None:
-    path = os.path.join(folder, "tokenizer.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        added = {t["content"] for t in json.load(f).get("added_tokens", [])}
-    return next((name for name in _trainer_image_names() if name in added), None)
-
-
-def _lora_layers(model) -> int:
-    from mathvlm.models.lora import LoRADense
-
-    return sum(isinstance(m, LoRADense) for _, m in nnx.iter_modules(model))
-
-
-def export_run(location: str, out: str, *, merge_lora: bool = False, dtype: str | None = None,
-               max_shard_size: int | str | None = "5GB", step: int | None = None) -> dict[str, Any]:
-    """Write the model a run trained (its newest checkpoint, or ``step``'s) as a transformers folder.
-
-    LoRA adapters are folded into their base kernels with ``merge_lora``; without it a run with
-    adapters is refused (:class:`ConversionError`). Tokenizer, image processor and chat template come
-    from ``init.hf`` if set, else from ``data.tokenizer`` when it is a folder (``engine``: the shipped
-    engine BPE); a ``bytes`` tokenizer has no files, which the summary notes."""
-    from mathvlm import config as mc
-    from mathvlm import sharding
-    from mathvlm.models.lora import merge_lora as fold
-    from mathvlm.train import build
-    from mathvlm.train import init as init_lib
-
-    try:
-        config = mc.load_run_config(location)
-    except mc.ConfigError as err:
-        raise ConversionError(str(err)) from None
-    restore = checkpoint_location(location, step)
-    _check_out(out, location, config.get("init", {}).get("hf", ""),
-               config.get("data", {}).get("tokenizer", ""))
-    try:
-        _, restored_step = init_lib.checkpoint_state_dir(restore)
-    except FileNotFoundError as err:
-        raise ConversionError(str(err)) from None
-    lora = config.get("lora", None)
-    rank = int(lora.get("rank", 0) or 0) if lora else 0
-    if rank and not merge_lora:
-        raise ConversionError(
-            f"{location} trained LoRA adapters (rank {rank} on {list(lora.get('targets', ()))}) and a "
-            "transformers folder has no place for adapters: pass --merge-lora to fold them into the "
-            "base weights (W + alpha/rank · A·B)")
-    notes = []
-    try:
-        mesh = sharding.make_mesh(config.mesh)
-    except ValueError as err:
-        mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
-        notes.append(f"the run's mesh {dict(config.mesh)} does not fit here ({err}); restored FSDP "
-                     f"over {mesh.size} devices")
-    try:
-        model = build.init_model(config, mesh, restore=restore)
-    except FileNotFoundError as err:
-        raise ConversionError(f"{err} (folders in the run's config.json are relative to the directory "
-                              "it was trained from)") from None
-    merged = _lora_layers(model)
-    if merged:
-        if not merge_lora:
-            raise ConversionError(f"{location}: the model has {merged} LoRA layers; pass --merge-lora")
-        fold(model)
-    try:
-        hf.format_for_model(model)
-    except TypeError as err:
-        raise ConversionError(f"{location}: {err}") from None
-    written = hf.save_pretrained(model, out, dtype=dtype, max_shard_size=max_shard_size)
-
-    # Tokenizer, processor and chat template from where the run got them.
-    templates_lib = _templates()
-    template = config.get("data", {}).get("template", "") or None
-    copied, source = [], None
-    for what, folder in _tokenizer_sources(config):
-        names = [n for n in TOKENIZER_FILES + PROCESSOR_FILES + ("generation_config.json",)
-                 if os.path.exists(os.path.join(folder, n))]
-        if any(n in TOKENIZER_FILES for n in names):
-            for name in names:
-                shutil.copy(os.path.join(folder, name), os.path.join(out, name))
-            copied, source = names, f"{what} ({folder})"
-            break
-    if source is None:
-        spec = config.get("data", {}).get("tokenizer", "")
-        notes.append(f"no tokenizer files written: data.tokenizer={spec!r}"
-                     + (" has no files (byte ids 0-255 + pad/bos/eos/image 256-259)"
-                        if spec == "bytes" else " and init.hf hold none"))
-    has_template = "chat_template.jinja" in copied or "chat_template.json" in copied
-    if source and not has_template and os.path.exists(os.path.join(out, "tokenizer_config.json")):
-        with open(os.path.join(out, "tokenizer_config.json")) as f:
-            has_template = "chat_template" in json.load(f)
-    image_token = _image_token(out) if source else None
-    if source and not has_template and template in templates_lib.TEMPLATES:
-        with open(os.path.join(out, "chat_template.jinja"), "w") as f:
-            f.write(chat_template_jinja(template, image_token or templates_lib.IMAGE))
-        notes.append(f"wrote chat_template.jinja for the run's template {template!r}")
-    if isinstance(model, VLM) and "preprocessor_config.json" not in copied:
-        data = config.get("data", {})
-        kind = data.get("image_preprocess", "clip" if model.config.vision.has_class_token else "siglip")
-        _write_json(os.path.join(out, "preprocessor_config.json"), image_processor_config(
-            "siglip" if kind == "siglip" else "clip", data.get("image_size", model.config.vision.image_size)))
-        notes.append(f"wrote preprocessor_config.json for the run's {kind!r} image preprocessing")
-    if isinstance(model, VLM) and source and "processor_config.json" not in copied and image_token:
-        with open(os.path.join(out, "config.json")) as f:
-            strategy = json.load(f)["vision_feature_select_strategy"]
-        _write_json(os.path.join(out, "processor_config.json"),
-                    llava_processor_config(model.config, image_token, strategy))
-
-    with open(os.path.join(out, "config.json")) as f:
-        hf_config = json.load(f)
-    if template:
-        hf_config["mathvlm_template"] = template
-        _write_json(os.path.join(out, "config.json"), hf_config)
-    gap = transformers_gap(model.config) if isinstance(model, VLM) else None
-    if gap:
-        notes.append(f"transformers' LlavaForConditionalGeneration cannot run this folder: {gap}; "
-                     "load it with mathvlm.hf.from_pretrained")
-    return {"command": "export", "out": os.path.abspath(out), "run": os.path.abspath(location),
-            "step": restored_step, "class": (hf_config.get("architectures") or [None])[0],
-            "files": sorted(os.listdir(out)), "shards": written["shards"], "bytes": written["bytes"],
-            "dtype": written["dtype"], "lora_merged": merged, "tokenizer": source,
-            "template": template, "transformers_loadable": gap is None, "notes": notes}

@@ -87,6 +87,9 @@ class LazyTensors(Mapping):
         with safe_open(self._files[key], framework="numpy") as f:
             return f.get_tensor(key)
 
+    def file(self, key: str) -> str:
+        return self._files[key]
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._files)
 
@@ -155,6 +158,13 @@ class RenamedTensors(Mapping):
 
     def __len__(self) -> int:
         return len(self._names)
+
+    def info(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        """``(shape, dtype)`` without reading the tensor when the underlying mapping can tell."""
+        if hasattr(self._tensors, "info"):
+            return self._tensors.info(self._names[key])
+        value = np.asarray(self[key])
+        return value.shape, value.dtype
 
 
 def _rename(key: str, rename: KeyRename) -> str | None:

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 from mathvlm import config as mc
 from mathvlm import convert, hf, main, recipes, sharding
 from mathvlm.data import templates
-from mathvlm.hf import assemble
+from mathvlm.hf import assemble, export
 from mathvlm.models.projectors import GatedProjector, MLPProjector
 from mathvlm.models.vlm import VLM
 
@@ -229,7 +229,7 @@ def _trained(workdir, step=None):
     from mathvlm.train.build import init_model
 
     config = mc.load_run_config(workdir)
-    restore = assemble.checkpoint_location(workdir, step)
+    restore = export.checkpoint_location(workdir, step)
     return init_model(config, sharding.make_mesh(config.mesh), restore=restore)
 
 
@@ -267,9 +267,9 @@ def test_export_without_merge_lora_is_refused(text_run, tmp_path, capsys):
     assert "pass --merge-lora" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     # --step picks checkpoints/<step>; a step never saved is named with the saved ones.
-    assert assemble.checkpoint_location(text_run[0], 1).endswith(os.path.join("checkpoints", "1"))
+    assert export.checkpoint_location(text_run[0], 1).endswith(os.path.join("checkpoints", "1"))
     with pytest.raises(assemble.ConversionError, match=r"saved steps: \[1, 2\]"):
-        assemble.checkpoint_location(text_run[0], 7)
+        export.checkpoint_location(text_run[0], 7)
 
 
 def test_export_merged_sharded_matches_transformers(text_run, tmp_path, capsys):
