@@ -108,6 +108,9 @@ def folder_geometry(hf: str, image_size: int, num_image_tokens: int) -> tuple[in
     vision = folder.get("vision_config")
     if not vision:
         return image_size, num_image_tokens
+    if folder.get("model_type") == "deepseek_vl_hybrid":   # one 1024-px image in, SigLIP's patches out
+        return (folder["high_res_vision_config"]["image_size"],
+                (vision["image_size"] // vision["patch_size"]) ** 2)
     patches = (vision["image_size"] // vision["patch_size"]) ** 2
     has_class = vision.get("model_type", "clip_vision_model").startswith("clip")
     # LLaVA's "default" feature strategy drops the first token (CLIP's class token; a SigLIP patch).

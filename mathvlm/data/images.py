@@ -3,6 +3,9 @@
 * LLaVA-1.5 / Math-LLaVA (``image_aspect_ratio pad``): expand to a square filled with the CLIP mean
   colour, resize the shortest edge (bicubic), centre-crop, rescale 1/255, CLIP mean/std.
 * Math-PUMA Qwen2 / SigLIP: plain bicubic resize to ``size × size``, rescale, mean = std = 0.5.
+* Math-PUMA DeepSeek-VL (``deepseek``): bicubic resize of the longer side to ``size`` (the shorter one
+  truncated, at least 14), centred on a square filled with the CLIP mean colour, rescaled to [0, 1] and
+  not normalised: the hybrid tower normalises each branch and makes its low-resolution copy itself.
 
 Outputs are float32 ``[H, W, 3]`` (channels last, as the NNX image towers take them).
 """
@@ -40,13 +43,15 @@ def load_image(source) -> Image.Image:
     return image.convert("RGB")
 
 
-def expand_to_square(image: Image.Image, fill: tuple[float, ...] = CLIP_MEAN) -> Image.Image:
-    """LLaVA's ``expand2square``: pad the short side symmetrically with ``fill`` (0–1 RGB)."""
+def expand_to_square(image: Image.Image, fill: tuple[float, ...] = CLIP_MEAN,
+                     background: tuple[int, ...] | None = None) -> Image.Image:
+    """LLaVA's ``expand2square``: pad the short side symmetrically with ``fill`` (0–1 RGB, truncated to
+    0–255 as the releases do) or the 0–255 ``background``."""
     width, height = image.size
     if width == height:
         return image
     side = max(width, height)
-    background = tuple(int(c * 255) for c in fill)
+    background = tuple(background) if background else tuple(int(c * 255) for c in fill)
     square = Image.new(image.mode, (side, side), background)
     square.paste(image, ((side - width) // 2, (side - height) // 2))
     return square
@@ -87,7 +92,18 @@ def siglip_preprocess(source, size: int = 384) -> np.ndarray:
     return _normalize(image, SIGLIP_MEAN, SIGLIP_STD)
 
 
-PREPROCESSORS = {"clip": clip_preprocess, "siglip": siglip_preprocess}
+def deepseek_preprocess(source, size: int = 1024, min_size: int = 14,
+                        background: tuple[int, ...] | None = None) -> np.ndarray:
+    """DeepSeek-VL's image processor up to its normalisation → float32 ``[size, size, 3]`` in [0, 1]."""
+    image = load_image(source)
+    width, height = image.size
+    longest = max(width, height)
+    new_size = (max(int(width / longest * size), min_size), max(int(height / longest * size), min_size))
+    image = expand_to_square(image.resize(new_size, Image.Resampling.BICUBIC), CLIP_MEAN, background)
+    return (np.asarray(image).astype(np.float64) * (1 / 255)).astype(np.float32)
+
+
+PREPROCESSORS = {"clip": clip_preprocess, "siglip": siglip_preprocess, "deepseek": deepseek_preprocess}
 
 
 def preprocess(source, kind: str, size: int) -> np.ndarray:

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mathvlm.hf.assemble import ConversionError
+from mathvlm.hf.assemble import ConversionError, chat_template_jinja
 from mathvlm.hf.io import ShardWriter, _flat_variables, cast_floating, float_dtype
 from mathvlm.hf.releases import BinTensors, read_release_tensors
 from mathvlm.models.hybrid_vision import CLIP_MEAN, CLIP_STD, resize_weights
@@ -32,27 +32,9 @@ DEFAULT_SYSTEM = ("You are a helpful language and vision assistant. You are able
                   "visual content that the user provides, and assist the user with a variety of tasks "
                   "using natural language.")
 # DeepSeek-VL's "deepseek" conversation (deepseek_vl/utils/conversation.py, SeparatorStyle.DeepSeek):
-# system + "\n\n", then "Role: message" + ["\n\n", EOS][i % 2] per turn, "Assistant:" to generate.
-# Content may be a string or a list of {"type": "image"} / {"type": "text", "text": ...} parts.
-CHAT_TEMPLATE = (
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- set system = messages[0]['content'] if messages[0]['content'] is string else "
-    "messages[0]['content'] | map(attribute='text') | join('') -%}"
-    "{%- set turns = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set system = '" + DEFAULT_SYSTEM + "' -%}"
-    "{%- set turns = messages -%}"
-    "{%- endif -%}"
-    "{%- if system -%}{{ system + '\\n\\n' }}{%- endif -%}"
-    "{%- for m in turns -%}"
-    "{{ 'User: ' if m['role'] == 'user' else 'Assistant: ' }}"
-    "{%- if m['content'] is string -%}{{ m['content'] }}"
-    "{%- else -%}{%- for part in m['content'] -%}"
-    "{%- if part['type'] == 'image' -%}" + IMAGE_TOKEN + "{%- else -%}{{ part['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{ '\\n\\n' if loop.index0 % 2 == 0 else '" + EOS + "' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}Assistant:{%- endif -%}")
+# system + "\n\n", then "Role: message" + ["\n\n", EOS][i % 2] per turn, "Assistant:" to generate —
+# the trainer's ``deepseek`` template, as Jinja.
+CHAT_TEMPLATE = chat_template_jinja("deepseek", IMAGE_TOKEN)
 
 # Release presets (deepseek_vl/models/sam.py SAM_MODEL_CONFIG + create_sam_vit's fixed arguments;
 # siglip_vit.py SigLIP_MODEL_CONFIG).
@@ -298,7 +280,9 @@ def import_deepseek_vl(src: str, out: str, *, dtype: str | None = None,
                                   f" ({len(missing)} missing; the config needs them)")
     summary = writer.close()
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump({**hf_config, "dtype": dtype or next(iter(summary["dtypes"]), "float32")}, f,
+        # The evaluation protocols and predictor read the release's template and preprocessing here.
+        json.dump({**hf_config, "dtype": dtype or next(iter(summary["dtypes"]), "float32"),
+                   "mathvlm_template": "deepseek", "mathvlm_image_preprocess": "deepseek"}, f,
                   indent=2, sort_keys=True)
     files = ["config.json"] + summary["files"] + _write_processor(src, out, hf_config, norm, notes)
     if dropped:
@@ -363,7 +347,7 @@ def preprocess_image(image, config: dict | None = None) -> dict[str, np.ndarray]
     background colour, rescale by 1/255; the low branch is that square resized to ``S_l`` with an
     antialiased bilinear filter in float (the tower's ``torchvision Resize``). ``config``: a
     ``preprocessor_config.json`` dict written by :func:`import_deepseek_vl` (defaults: the release's)."""
-    from PIL import Image
+    from mathvlm.data.images import deepseek_preprocess
 
     c = config or {}
     high = c.get("high_res_size", {}).get("height", 1024)
@@ -372,19 +356,9 @@ def preprocess_image(image, config: dict | None = None) -> dict[str, np.ndarray]
     std_h = np.asarray(c.get("high_res_image_std", CLIP_STD), np.float32)
     mean_l = np.asarray(c.get("image_mean", (0.5,) * 3), np.float32)
     std_l = np.asarray(c.get("image_std", (0.5,) * 3), np.float32)
-    background = tuple(c.get("background_color") or (int(x * 255) for x in mean_h))
-    min_size = c.get("min_size", 14)
-    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
-    img = img.convert("RGB")
-    w, h = img.size
-    longest = max(w, h)
-    size = (max(int(w / longest * high), min_size), max(int(h / longest * high), min_size))
-    img = img.resize(size, Image.BICUBIC)
-    if size[0] != size[1]:
-        square = Image.new("RGB", (max(size),) * 2, background)
-        square.paste(img, ((max(size) - size[0]) // 2, (max(size) - size[1]) // 2))
-        img = square
-    x = (np.asarray(img).astype(np.float64) * (1 / 255)).astype(np.float32)
+    background = c.get("background_color") or [int(v * 255) for v in mean_h]
+    x = deepseek_preprocess(image if isinstance(image, np.ndarray) else image.convert("RGB"),
+                            high, c.get("min_size", 14), tuple(int(v) for v in background))
     wl = resize_weights(x.shape[0], low, antialias=True)
     small = np.einsum("oh,hwc->owc", wl, x)
     small = np.einsum("pw,owc->opc", wl, small)

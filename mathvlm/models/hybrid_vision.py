@@ -92,6 +92,11 @@ class HybridVLMConfig:
         return self.vision.num_patches
 
     @property
+    def image_size(self) -> int:
+        """The side of the one [0, 1] image the model takes (the high-resolution branch's)."""
+        return self.sam.image_size
+
+    @property
     def image_sizes(self) -> dict[str, int]:
         return {"high": self.sam.image_size, "low": self.vision.image_size}
 

@@ -57,6 +57,11 @@ class VLMConfig:
         return 1 if isinstance(self.feature_layer, int) else len(self.feature_layer)
 
     @property
+    def image_size(self) -> int:
+        """The side of the square images the model takes."""
+        return self.vision.image_size
+
+    @property
     def tokens_per_image(self) -> int:
         v = self.vision
         n = v.num_patches + int(v.has_class_token)

@@ -135,14 +135,14 @@ class Predictor:
         if self.num_image_tokens and self.num_image_tokens != c.tokens_per_image:
             raise ValueError(f"data.num_image_tokens={self.num_image_tokens} but the model makes "
                              f"{c.tokens_per_image} features per image; set it to {c.tokens_per_image} or drop it")
-        if self.image_size and self.image_size != c.vision.image_size:
+        if self.image_size and self.image_size != c.image_size:
             raise ValueError(f"data.image_size={self.image_size} but the model's vision tower takes "
-                             f"{c.vision.image_size}px images; make them equal")
+                             f"{c.image_size}px images; make them equal")
         image_id = getattr(self.tokenizer, "image_id", None)
         if image_id != c.image_token_id:
             raise ValueError(f"the tokenizer's image token id is {image_id} but model.image_token_id is "
                              f"{c.image_token_id}; set model.image_token_id to the tokenizer's (bytes: 259)")
-        return c.tokens_per_image, c.vision.image_size
+        return c.tokens_per_image, c.image_size
 
     def batches(self, model, prompts: list[str], images=None, batch_size: int | None = None):
         """Yields ``(rows, batch)``: the number of real rows and the model inputs ``tokens``,

@@ -366,14 +366,15 @@ def test_chat_template_is_the_release_sft_format():
              "visual content that the user provides, and assist the user with a variety of tasks " \
              "using natural language."
     q, a = "<image_placeholder>What is x?", "x = 3."
+    eos = "<｜end▁of▁sentence｜>"      # apply_chat_template passes the tokenizer's eos_token
     got = template.render(messages=[{"role": "user", "content": q},
-                                    {"role": "assistant", "content": a}])
+                                    {"role": "assistant", "content": a}], eos_token=eos)
     assert got == _deepseek_prompt(system, [("User", q), ("Assistant", a)])
     assert got == f"{system}\n\nUser: {q}\n\nAssistant: {a}<｜end▁of▁sentence｜>"
     gen = template.render(messages=[{"role": "system", "content": "S"},
                                     {"role": "user", "content": [{"type": "image"},
                                                                  {"type": "text", "text": "Why?"}]}],
-                          add_generation_prompt=True)
+                          add_generation_prompt=True, eos_token=eos)
     assert gen == _deepseek_prompt("S", [("User", "<image_placeholder>Why?"), ("Assistant", "")])
 
 
@@ -470,3 +471,64 @@ def test_bin_without_torch_says_how_to_fix(tiny, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)      # "import torch" raises ImportError
     with pytest.raises(ConversionError, match="pip install torch==2.13.0"):
         import_deepseek_vl(str(src), str(tmp_path / "out"))
+
+
+def _release_tokenizer(folder):
+    """A DeepSeek-style tokenizer (BOS/EOS ``<｜begin▁of▁sentence｜>``/``<｜end▁of▁sentence｜>``)
+    whose ``<image_placeholder>`` is id ``IMG``, as the release's added token."""
+    import tokenizers
+
+    corpus = ["What is the area of the circle? The radius is 3, so the area is 9 pi.",
+              "Hint: Please answer the question and provide the final answer at the end."] * 40
+    bos, eos = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.train_from_iterator(corpus, tokenizers.trainers.BpeTrainer(
+        vocab_size=IMG, special_tokens=[bos, eos, "<unk>"]))
+    filler = [f"<unused_{i}>" for i in range(IMG - tok.get_vocab_size())]
+    tok.add_tokens(filler)
+    tok.add_special_tokens(["<image_placeholder>"])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos,
+                                                unk_token="<unk>", pad_token=eos)
+    assert fast.convert_tokens_to_ids("<image_placeholder>") == IMG
+    fast.save_pretrained(folder)
+
+
+def test_imported_release_runs_the_papers_protocol(tiny, tmp_path, capsys):
+    """Import with the documented command, then Math-PUMA's MathVista protocol for the DeepSeek model
+    (``puma_mathvista.py:model=puma_deepseek``): the predictor feeds one padded [0, 1] image at the SAM
+    resolution, the prompt is DeepSeek's template, and ``score`` re-scores the official-format file."""
+    from mathvlm import convert, evaluate
+    from mathvlm.train import predict
+
+    src = write_release(tmp_path / "release", tiny[1])
+    _release_tokenizer(src)
+    out = str(tmp_path / "imported")
+    convert.main(["import", "--format", "deepseek-vl", str(src), "--out", out])
+    capsys.readouterr()
+    seen = []
+    original = predict.Predictor.batches
+
+    def spy(self, model, prompts, images=None, batch_size=None):
+        for rows, batch in original(self, model, prompts, images, batch_size):
+            seen.append((self.template, batch["images"].shape))
+            yield rows, batch
+
+    repo = os.path.join(os.path.dirname(__file__), "..", "..")
+    data = os.path.join(repo, "tests", "eval", "fixtures", "protocols", "mathvista")
+    work = tmp_path / "eval"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(predict.Predictor, "batches", spy)
+        assert evaluate.main(["run", "--config", os.path.join(repo, "configs", "eval", "puma_mathvista.py")
+                              + ":model=puma_deepseek", "--hf", out, "--data", data,
+                              "--workdir", str(work), "--max-new-tokens", "4"]) == 0
+    capsys.readouterr()
+    assert seen and all(t == "deepseek" and shape[1:] == (64, 64, 3) for t, shape in seen)
+    table = json.load(open(work / "mathvista.json"))["overall"]
+    responses = json.load(open(work / "mathvista_responses.json"))
+    assert len(responses) == table["total"] > 0
+    assert all(r["query"].startswith("Hint: Please answer") for r in responses.values())
+    assert evaluate.main(["score", "--benchmark", "mathvista", "--predictions",
+                          str(work / "mathvista_responses.json")]) == 0
+    rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (rescored["correct"], rescored["total"]) == (table["correct"], table["total"])
