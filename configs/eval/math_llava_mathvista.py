@@ -19,8 +19,10 @@ CLIP preprocessing (a CLIP image processor in the folder), temperature 0.2 with 
 Differs: the answer is extracted by local rules (mathvlm.eval.local_extraction), not by GPT with
 MathVista's few-shot prompt, so free-form answers phrased unusually can be missed; bf16 instead of
 fp16; sampling keys are ours (a seed reproduces the run, not the paper's draws).
+GPT extraction as the paper: judge_url=URL,judge_model=gpt-3.5-turbo,judge_prompt=FILE (MathVista's
+evaluation/prompts/ext_ans.py demo prompt; cached, failures counted).
 Args (``:key=value,...``): template, image_preprocess (override the folder's), max_examples (0 = all),
-batch_size, dtype.
+batch_size, dtype, judge_url, judge_model, judge_prompt.
 """
 
 from mathvlm.eval import protocols

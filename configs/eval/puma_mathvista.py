@@ -20,7 +20,10 @@ for the DeepSeek variant); SigLIP plain-resize preprocessing from the folder; sa
 0.1, top-p 0.8, 768 new tokens (DeepSeek: temperature 0.3, top-k 40, top-p 0.8, 2048 tokens, seed 3407).
 Differs: local rule-based extraction instead of the GPT extraction (gpt-4o-mini default upstream);
 sampling keys are ours. Not comparable with Math-LLaVA's row (that one shows the choices).
-Args: model=puma|puma_deepseek, template, image_preprocess, max_examples, batch_size, dtype.
+GPT extraction as the paper: judge_url=URL,judge_model=gpt-4o-mini,judge_prompt=FILE (MathVista's
+evaluation/prompts/ext_ans.py demo prompt; cached, failures counted).
+Args: model=puma|puma_deepseek, template, image_preprocess, max_examples, batch_size, dtype,
+judge_url, judge_model, judge_prompt.
 """
 
 from mathvlm.eval import protocols

@@ -33,6 +33,7 @@ The plumbing lives in :mod:`mathvlm.eval.base` and the engine evaluators in
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from mathvlm import registry
@@ -78,10 +79,29 @@ class MathVistaEvaluator(BenchmarkEvaluator):
               "  query.json        pid -> official prompt (data/query.json; for prompt='query')\n"
               "  images/<pid>.jpg  each problem's 'image' (HF AI4Math/MathVista images.zip, unzipped here)")
 
-    def __init__(self, predict_fn, *, integer_rule: str = "truncate", prompt: str = "query", **kwargs):
+    def __init__(self, predict_fn, *, integer_rule: str = "truncate", prompt: str = "query",
+                 judge: Any = None, **kwargs):
         super().__init__(predict_fn, **kwargs)
         self.integer_rule = integer_rule
         self.prompt = _check_prompt(self.name, prompt, ("query", "puma"))
+        # Off by default: {"base_url", "model", "cache_dir", "prompt_file"} makes the extraction
+        # MathVista's own (its rules, then one GPT call with the few-shot prompt); failures are counted.
+        self.extractor = None
+        if judge:
+            from mathvlm.eval.judge import Judge, MathVistaJudgeExtractor
+
+            judge = dict(judge)
+            with open(judge.pop("prompt_file"), encoding="utf-8") as f:
+                self.extractor = MathVistaJudgeExtractor(Judge(**judge), f.read())
+        self._extractions: dict[str, str] = {}
+
+    def extract(self, response: str, problem: dict) -> str:
+        """The item's extraction, computed once (a judge call is not repeated for the results file)."""
+        key = problem["pid"] + "\0" + response
+        if key not in self._extractions:
+            self._extractions[key] = (self.extractor(response, problem) if self.extractor
+                                      else local_extraction.extract_for_mathvista(response, problem))
+        return self._extractions[key]
 
     def items(self):
         problems = mathvista.load_testmini(self.data_dir)
@@ -96,17 +116,21 @@ class MathVistaEvaluator(BenchmarkEvaluator):
     def score(self, items, responses):
         tally = common.Tally()
         for (_, _, problem), response in zip(items, responses):
-            extraction = local_extraction.extract_for_mathvista(response, problem)
-            tally.add(mathvista.is_correct(problem, extraction, integer_rule=self.integer_rule),
-                      mathvista.categories(problem))
-        return tally, {}
+            tally.add(mathvista.is_correct(problem, self.extract(response, problem),
+                                           integer_rule=self.integer_rule), mathvista.categories(problem))
+        if not self.extractor:
+            return tally, {}
+        if self.extractor.failures:
+            print(f"warning: {self.name}: {self.extractor.failures} judge call(s) failed and extracted '' "
+                  f"(as upstream): {self.extractor.failed_pids[:5]}", file=sys.stderr)
+        return tally, {"judge_calls": self.extractor.judge.calls, "judge_failures": self.extractor.failures}
 
     def output(self, items, responses):
-        """The official results JSON: pid -> the problem with ``response``, ``extraction`` (ours, local),
+        """The official results JSON: pid -> the problem with ``response``, ``extraction`` (local, or the judge's),
         ``prediction`` (normalised) and ``true_false``, as ``calculate_score.py`` leaves it."""
         results = {}
         for (_, _, problem), response in zip(items, responses):
-            extraction = local_extraction.extract_for_mathvista(response, problem)
+            extraction = self.extract(response, problem)
             prediction = mathvista.normalize_extraction(
                 extraction, problem["choices"], problem["question_type"], problem["answer_type"],
                 problem["precision"], integer_rule=self.integer_rule)

@@ -62,9 +62,10 @@ def parse_arg(arg: str | None, **extra) -> ConfigDict:
     """The config args every protocol takes (plus ``extra``): ``template`` / ``image_preprocess``
     override the folder's; ``max_examples`` (0 = all) for a quick slice; ``batch_size``; ``pad_to``
     (prompt length multiple: one compiled shape per bucket); ``dtype`` of
-    the loaded weights and compute; ``judge_url`` / ``judge_model`` switch MathVerse to a GPT judge."""
+    the loaded weights and compute; ``judge_url`` / ``judge_model`` switch MathVerse to a GPT judge and MathVista's extraction to
+    its GPT step (with ``judge_prompt``, the few-shot prompt file)."""
     return mc.parse_arg(arg, template="", image_preprocess="", max_examples=0, batch_size=8, pad_to=256,
-                        dtype="bfloat16", judge_url="", judge_model="", **extra)
+                        dtype="bfloat16", judge_url="", judge_model="", judge_prompt="", **extra)
 
 
 def decoding_for(model: str) -> dict:
@@ -93,6 +94,12 @@ def protocol_config(name: str, arg: ConfigDict, evaluators: list[dict], decoding
         if spec["name"] == "mathverse" and arg.judge_url:
             spec["judge"] = {"base_url": arg.judge_url, "model": arg.judge_model or "gpt-4o-mini",
                              "cache_dir": "judge_cache"}
+        if spec["name"] == "mathvista" and arg.judge_url:
+            if not arg.judge_prompt:
+                raise ValueError("judge_url= for MathVista also needs judge_prompt=FILE: the few-shot "
+                                 "extraction prompt (MathVista's evaluation/prompts/ext_ans.py demo_prompt)")
+            spec["judge"] = {"base_url": arg.judge_url, "model": arg.judge_model or "gpt-4o-mini",
+                             "cache_dir": "judge_cache", "prompt_file": arg.judge_prompt}
         specs.append(spec)
     config.eval.evaluators = tuple(specs)
     config.eval.max_new_tokens = decoding["max_new_tokens"]

@@ -201,3 +201,62 @@ def test_engine_heldout_blind_modes_and_predictions(mode, tmp_path):
     assert sum(r["answered"] for r in rows) == 3 and not any(r["correct"] for r in rows)
     with pytest.raises(ValueError, match="blind='dark'"):
         registry.get("evaluator", "engine_heldout")(None, blind="dark")
+
+
+def test_mathvista_judge_extraction_through_a_real_endpoint(tmp_path, capsys):
+    """``judge={...}``: the official rules first, then one call per remaining item to an
+    OpenAI-compatible endpoint (a local HTTP server here), cached on disk; a failed call extracts ''
+    and is counted and reported, not hidden."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Endpoint(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][-1]["content"]
+            seen.append(prompt)
+            if "Length?" in prompt:
+                self.send_response(500)
+                self.end_headers()
+                return
+            reply = {"choices": [{"message": {"content": "B" if "Which is larger?" in prompt else "3"}}]}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    prompt_file = tmp_path / "ext_ans.txt"
+    prompt_file.write_text("Please read the following example.\nResponse: ...\nExtracted answer: A")
+    # Free text the official rules cannot read, except "3" (an integer answer parses directly).
+    answers = {"Which is larger?": "the second one looks bigger", "How many?": "3",
+               "Length?": "about a centimetre", "Angle?": "hard to say", "List?": "one and two"}
+    judge = {"base_url": f"http://127.0.0.1:{server.server_address[1]}/v1", "model": "stub",
+             "cache_dir": str(tmp_path / "cache"), "prompt_file": str(prompt_file)}
+    try:
+        for attempt in range(2):
+            predict_fn, _ = scripted(lambda p: answers[p.split("Question: ")[1]])
+            evaluator = registry.get("evaluator", "mathvista")(
+                predict_fn, data_dir=os.path.join(FIXTURES, "mathvista"), workdir=str(tmp_path / "out"),
+                judge=judge)
+            metrics = dict(evaluator.run(None))
+            results = json.loads((tmp_path / "out" / "mathvista_responses.json").read_text())
+            by_question = {r["question"]: r["extraction"] for r in results.values()}
+            assert by_question["Which is larger?"] == "B" and by_question["Length?"] == ""
+            assert by_question["How many?"] == "3"   # the official integer rule, no call
+            # First run: 3 answered calls and one failed; second run: the answers come from the
+            # cache and only the failed item is asked again (and fails again).
+            assert metrics["mathvista/judge_calls"] == (3 if attempt == 0 else 0)
+            assert metrics["mathvista/judge_failures"] == 1
+            assert "judge call(s) failed" in capsys.readouterr().err
+    finally:
+        server.shutdown()
+    assert len(seen) == 5 and all(p.startswith("Please read the following example.") for p in seen)
