@@ -34,30 +34,23 @@ def _run(argv, capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def _save_bin_shards(state: dict, folder, shards: int = 2) -> None:
-    """``pytorch_model-0000i-of-0000N.bin`` + ``pytorch_model.bin.index.json``, as LLaVA-1.5 ships."""
-    keys = sorted(state)
-    weight_map = {}
-    for i in range(shards):
-        name = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
-        part = {k: state[k].contiguous() for k in keys[i::shards]}
-        torch.save(part, os.path.join(folder, name))
-        weight_map.update(dict.fromkeys(part, name))
-    with open(os.path.join(folder, "pytorch_model.bin.index.json"), "w") as f:
-        json.dump({"metadata": {}, "weight_map": weight_map}, f)
-
-
-def _save_safetensors_shards(state: dict, folder, shards: int = 2) -> None:
+def _save_shards(state: dict, folder, kind: str, shards: int = 2) -> None:
+    """The weights as the releases ship them: ``pytorch_model-0000i-of-0000N.bin`` +
+    ``pytorch_model.bin.index.json`` (LLaVA-1.5) or ``model-0000i-of-0000N.safetensors`` + index."""
     from safetensors.torch import save_file
 
+    stem, suffix = ("pytorch_model", "bin") if kind == "bin" else ("model", "safetensors")
     keys = sorted(state)
     weight_map = {}
     for i in range(shards):
-        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        name = f"{stem}-{i + 1:05d}-of-{shards:05d}.{suffix}"
         part = {k: state[k].contiguous() for k in keys[i::shards]}
-        save_file(part, os.path.join(folder, name), metadata={"format": "pt"})
+        if kind == "bin":
+            torch.save(part, os.path.join(folder, name))
+        else:
+            save_file(part, os.path.join(folder, name), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(part, name))
-    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+    with open(os.path.join(folder, f"{stem}.{suffix}.index.json"), "w") as f:
         json.dump({"metadata": {}, "weight_map": weight_map}, f)
 
 
@@ -128,7 +121,7 @@ def llava_release(tmp_path_factory):
             (folder / name).write_bytes((release / name).read_bytes())
         with open(folder / "config.json", "w") as f:
             json.dump(release_config, f)
-        (_save_bin_shards if kind == "bin" else _save_safetensors_shards)(state, folder)
+        _save_shards(state, folder, kind)
         folders[kind] = str(folder)
     return {"model": model, "vocab": vocab, "clip": str(root / "clip"), **folders}
 
@@ -156,6 +149,7 @@ def test_import_llava_original_matches_the_torch_model(llava_release, kind, tmp_
             input_ids=torch.tensor(tokens), pixel_values=torch.tensor(pixels.transpose(0, 3, 1, 2))
         ).logits.numpy()[..., :vocab]
     ours = np.asarray(model(tokens, pixels))[..., :vocab]
+    print(f"llava-original ({kind}): max |Δlogits| = {np.abs(ours - expected).max():.2e}")
     assert np.abs(ours - expected).max() <= 1e-4
     # The folder is also a transformers LLaVA folder (what llava-hf's conversion writes).
     reloaded = tf.LlavaForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
@@ -270,7 +264,7 @@ def puma_release(tmp_path_factory):
              **{f"language_model.{k}": v for k, v in llm.state_dict().items()
                 if k != "lm_head.weight"}}
     assert any(k.startswith("vision_model.vision_model.head.") for k in state)
-    _save_safetensors_shards(state, root)
+    _save_shards(state, root, "safetensors")
     vision_dict, text_dict = vision_config.to_dict(), text_config.to_dict()
     vision_dict["model_type"], text_dict["model_type"] = "siglip_vision_model", "qwen2"
     with open(root / "config.json", "w") as f:
@@ -319,6 +313,7 @@ def test_import_puma_qwen2vlm_matches_the_torch_model(puma_release, tmp_path, ca
     expanded = np.array([ids[:at] + [image_id] * n + ids[at + 1:]])
     ours = np.asarray(model(expanded, pixels))
     assert ours.shape == expected.shape
+    print(f"puma-qwen2vlm: max |Δlogits| = {np.abs(ours - expected).max():.2e}")
     assert np.abs(ours - expected).max() <= 1e-4
 
 
