@@ -1,6 +1,7 @@
 """CLI: ``python -m mathvlm.data.engine {build,bench,gallery}``.
 
     build   --kind {caption,instruct,pairs} --num N --seed S --out DIR [--heldout M] [--image-size P]
+            byte-reproducible; prints each split's sha256 and writes <data_dir>/SHA256SUMS
     bench   [--seconds T] [--image-size P]       diagrams/s on one core (render only, and full records)
     gallery --out FILE.png [--seed S]            grid of every family × version
 """
@@ -28,6 +29,9 @@ def _build(args):
         builder = builders.build(args.kind, args.num, args.seed, args.out, num_heldout=args.heldout,
                                  image_size=args.image_size, progress=bar)
     print(f"wrote {builder.data_dir}")
+    for line in builders.digest_lines(builder.digest):
+        print(line)
+    print(f"wrote {builder.data_dir}/{builders.SHA256SUMS} (check: cd there && sha256sum -c {builders.SHA256SUMS})")
 
 
 def _bench(args):
