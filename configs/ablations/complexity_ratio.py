@@ -5,11 +5,18 @@ drawn in different mixes of complexity levels 0:1:2:3 — 2:3:4:1 (the paper's c
     python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py --print     # launch commands
     python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py --run       # one after another
     python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py:mixes=2:3:4:1/1:1:1:1 --run --steps 50
+    # 3 seeds per mix, split over 4 cluster jobs (job i runs --shard i/4), then one collection:
+    python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py --seeds 3 --print
+    python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py --seeds 3 --run --shard 1/4
+    python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py --seeds 3 --collect --baseline 1:1:1:1
 
 The config is the base recipe (``configs/math_llava/finetune.py``, so ``python -m mathvlm.main`` with this
 file trains the first mix) plus a ``sweep`` group that :mod:`mathvlm.sweep` expands: one run per value of
-``sweep.axis`` (the base recipe's arg ``ratio``), each in ``<sweep.workdir>/<name>``. Mixes are separated
-by ``/`` in the arg (``,`` separates args).
+``sweep.axis`` (the base recipe's arg ``ratio``) and seed, each in ``<sweep.workdir>/<name>``
+(``ratio_2-3-4-1``, or ``ratio_2-3-4-1_s<k>`` with several seeds); ``--collect`` (or an unsharded ``--run``)
+writes ``results.csv``, ``results_summary.csv`` (accuracy per mix with 95% intervals, and each mix against
+the baseline mix: difference, interval, paired permutation p), ``results.md`` and ``results.png`` there.
+Mixes are separated by ``/`` in the arg (``,`` separates args).
 """
 
 import os
@@ -46,5 +53,8 @@ def get_config(arg=None):
             "values": mixes,
             "workdir": arg.workdir or f"runs/ablations/complexity_ratio_{arg.size}",
             "overrides": (),           # "key=value" strings: --config.key=value on every run
+            "seeds": 1,                # runs per mix, seeds <recipe seed> + 0..seeds-1 (--seeds N)
+            "baseline": "",            # the mix the others are tested against ("": the first; --baseline)
+            "label": "engine",         # evaluator whose <label>_responses.jsonl is summarised (--metric)
         })
     return mc.finalize(config)
