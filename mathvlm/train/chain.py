@@ -94,7 +94,8 @@ def chain(config, *, workdir: str, mesh):
             return results
         timings[stage["name"]] = time.perf_counter() - start
         results[stage["name"]], histories[stage["name"]] = final_metrics(stage_dir)
-    path = write_chain_summary(workdir, config.name, results, timings, histories)
+    path = write_chain_summary(workdir, config.name, results, timings, histories,
+                               chance=config.get("chance", 0.0), note=config.get("summary_note", ""))
     print(f"chain summary: {path}", flush=True)
     return results
 
@@ -125,7 +126,9 @@ def by_version(results: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 
 def write_chain_summary(workdir: str, title: str, results: dict, timings: dict,
-                        histories: dict | None = None) -> str:
+                        histories: dict | None = None, *, chance: float = 0.0, note: str = "") -> str:
+    """``<workdir>/summary.md``: each stage's final metrics, held-out accuracy per version and stage, the
+    picture controls against ``chance`` (then ``note``), and the plots."""
     lines = [f"# {title}", "", "| stage | time (s) | final loss | key metrics |", "|---|---|---|---|"]
     for stage, metrics in results.items():
         keys = [k for k in sorted(metrics) if k.endswith("accuracy") or k.endswith("/i2t_accuracy")]
@@ -133,6 +136,7 @@ def write_chain_summary(workdir: str, title: str, results: dict, timings: dict,
         loss = metrics.get("loss")
         lines.append(f"| {stage} | {timings.get(stage, 0):.0f} | "
                      f"{'' if loss is None else f'{loss:.4f}'} | {shown} |")
+    lines += ["", f"Wall time of the stages run by this command: {sum(timings.values()):.0f} s."]
     table = by_version(results)
     if table:
         versions = sorted({v for row in table.values() for v in row})
@@ -147,6 +151,7 @@ def write_chain_summary(workdir: str, title: str, results: dict, timings: dict,
     curves = _plot_losses(workdir, histories or {})
     if curves:
         lines += ["", f"![loss per stage]({os.path.basename(curves)})"]
+    lines += summary.controls_section(table, chance=chance, note=note)  # the summary ends with it
     path = os.path.join(workdir, "summary.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -68,3 +68,28 @@ def write_summary(workdir: str, title: str = "mathvlm run") -> str:
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
+
+
+def controls_section(table: dict[str, dict[str, float]], *, chance: float, version: str = "vision_dominant",
+                     note: str = "") -> list[str]:
+    """Markdown lines: for each stage evaluated on ``version`` with picture controls, its accuracy next to
+    the same questions blind (picture zeroed), with another problem's picture (shuffled) and ``chance``,
+    and the margin over the strongest of the three — what the model reads from the picture. ``table`` is
+    ``{stage or "stage (control)": {version: accuracy}}`` (the chain's by-version table)."""
+    lines = []
+    for stage, row in table.items():
+        if "(" in stage or version not in row:
+            continue
+        controls = {name: table[f"{stage} ({name})"][version] for name in ("blind", "shuffled")
+                    if version in table.get(f"{stage} ({name})", {})}
+        if not controls:
+            continue
+        strongest = max([chance, *controls.values()])
+        shown = ", ".join(f"{name} {100 * value:.1f}%" for name, value in controls.items())
+        lines.append(f"- **{stage}**: {100 * row[version]:.1f}% against {shown} and chance "
+                     f"{100 * chance:.0f}%: **{100 * (row[version] - strongest):+.1f} points** over the "
+                     "strongest of them.")
+    if not lines:
+        return []
+    title = f"## Does the model read its pictures? Held-out {version.replace('_', '-')} accuracy"
+    return ["", title, "", *lines] + (["", note] if note else [])
