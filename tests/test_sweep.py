@@ -227,4 +227,4 @@ def test_two_mix_two_seed_sweep_runs_collects_and_plots(tmp_path, capsys, monkey
     assert sweep.main(args + ["--run"]) == 0
     assert capsys.readouterr().out.count("finished earlier, not rerun") == 4
     text = run_notebook("complexity_ablation.ipynb", {"MATHVLM_SWEEP": str(tmp_path)})
-    assert "4 finished runs" in text and "plotted 4 mixes" in text
+    assert "4 finished runs" in text and "plotted 2 mixes x" in text and "groups with intervals" in text

@@ -43,8 +43,9 @@ def get_config(arg=None):
     with config.unlocked():
         config.name = f"ablations/level_mix (ratio {arg.ratio})"
         config.model.feature_norm = "calibrated"  # the start's statistics, loaded with its weights
+        # a pool of 1,000 problems is scanned for levels at start-up (~13 ms each); level 3 has ~50 of them
         config.data.update({"families": FAMILIES, "answer": "letter", "version": VERSIONS, "seq_len": 400,
-                            "length_buckets": (200, 300, 400)})
+                            "length_buckets": (200, 300, 400), "num_examples": 1_000})
         config.eval.evaluators = (recipes.engine_eval(("vision_dominant",), arg.eval_examples, FAMILIES),)
         config.eval.max_new_tokens = 16
         config.sweep = ConfigDict({

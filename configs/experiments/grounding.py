@@ -16,8 +16,8 @@ After instruction tuning the held-out evaluator asks 128 problems per version; t
 the same vision-dominant problems with the pictures replaced by zeros, and a control shows each
 question the diagram of another held-out problem (in distribution, but no help). ``<workdir>/summary.md``
 has all three: vision-dominant 94.5% against 23.4% blind and 22.7% shuffled after 7 minutes (README,
-"Toy-scale effects"). ``scale=0.1`` runs the whole chain in about a minute (a smoke run); CI runs it
-at ``scale=0.5`` and asserts the direction (``tests/train/test_chain.py``).
+"Toy-scale effects"). ``scale=0.1`` runs the whole chain in about a minute (a smoke run). The demo (``configs/demo.py``) runs
+these settings through all five stages; CI asserts the direction there (``tests/train/test_chain.py``).
 """
 
 import os

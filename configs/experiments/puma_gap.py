@@ -26,9 +26,9 @@ applies twice, as it did there — at 4 the target is nearly flat over the vocab
 ``noise=0.75`` gives that fraction of the vision-rich members of multiple-choice pairs a wrong letter
 (``data.weak_label_noise``; stages ``..._noise0.75``) — a control in which the text-rich target knows
 more than the labels, so the KL has something to transfer; its comparison is λ = 0 (CE on the same noisy
-vision-rich members), and ``ntp=0`` leaves out ``ntp_weak`` (clean labels). CI runs that control after
-the half-budget grounding chain (``scale=0.5,steps=300``: 150 branch steps) and asserts its direction
-(``tests/train/test_chain.py``).
+vision-rich members), and ``ntp=0`` leaves out ``ntp_weak`` (clean labels). CI runs that control at half
+budget (``scale=0.5,steps=300``: the grounding chain's first two stages, then 150 branch steps) and
+asserts its direction (``tests/train/test_chain.py``).
 """
 
 import os
