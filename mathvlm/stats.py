@@ -111,9 +111,13 @@ def paired_test(a, b, *, level: float = LEVEL, resamples: int = RESAMPLES, exact
     Interval: percentile bootstrap of ``diff`` where each resample draws the items with replacement
     (the same draw for ``a`` and ``b``: paired) and the seeds of ``a`` and of ``b`` with replacement,
     independently. p-value: :func:`sign_flip_p` of ``d`` (exact up to ``exact_max`` non-zero ``d_i``,
-    else Monte Carlo). ``significant``: ``p < ALPHA`` (0.05).
+    else Monte Carlo). The p-value holds the trained models fixed (only which items were asked varies),
+    so with few seeds it can be tiny for a difference that another draw of seeds would undo; the interval
+    also resamples the seeds. ``significant``: ``p < ALPHA`` (0.05) *and* the interval excludes 0 — a
+    difference the items support but the spread between seeds explains is not called significant.
 
-    Returns ``{"diff", "lo", "hi", "p", "method", "significant", "items", "seeds_a", "seeds_b"}``.
+    Returns ``{"diff", "lo", "hi", "p", "method", "excludes_zero", "significant", "items", "seeds_a",
+    "seeds_b"}``.
     """
     x, y = _matrix(a, "paired_test a"), _matrix(b, "paired_test b")
     if x.shape[1] != y.shape[1]:
@@ -123,8 +127,10 @@ def paired_test(a, b, *, level: float = LEVEL, resamples: int = RESAMPLES, exact
     items = _counts(rng, x.shape[1], resamples)
     lo, hi = _percentiles(_resampled_means(x, items, rng) - _resampled_means(y, items, rng), level)
     p, method = sign_flip_p(d, exact_max=exact_max, permutations=permutations, rng=rng)
+    excludes_zero = bool(lo > 0 or hi < 0)
     return {"diff": float(d.mean()), "lo": lo, "hi": hi, "p": p, "method": method,
-            "significant": bool(p < ALPHA), "items": int(x.shape[1]), "seeds_a": int(x.shape[0]),
+            "excludes_zero": excludes_zero, "significant": bool(p < ALPHA and excludes_zero),
+            "items": int(x.shape[1]), "seeds_a": int(x.shape[0]),
             "seeds_b": int(y.shape[0])}
 
 

@@ -24,8 +24,8 @@ checkpoint); ``--shard I/N`` (1-based) keeps the runs at 0-based positions ≡ I
 workdir ``results.csv`` (every metric's last value, one row per run, with its seed),
 ``results_summary.csv`` (per point and group — all, each version, each complexity level —: accuracy
 over seeds and items with its 95% bootstrap interval and the paired test against the baseline, see
-:mod:`mathvlm.stats`), ``results.md`` (tables, and in words which differences are significant at
-p < 0.05) and ``results.png`` (accuracy per point, 95% error bars). ``--steps N`` shortens every run.
+:mod:`mathvlm.stats`), ``results.md`` (tables, and in words which differences are significant: p < 0.05
+and the interval of the difference, seeds resampled too, excludes 0) and ``results.png`` (accuracy per point, 95% error bars). ``--steps N`` shortens every run.
 """
 
 from __future__ import annotations
@@ -314,7 +314,9 @@ def summarize(runs: list[dict], baseline: str, label: str = "engine") -> tuple[l
     for group in dict.fromkeys(r["group"] for r in rows):
         tested = [r for r in rows if r["group"] == group and r["p"] != ""]
         for row, adjusted in zip(tested, stats.holm([r["p"] for r in tested])):
-            row.update(p_holm=float(adjusted), significant_holm="yes" if adjusted < stats.ALPHA else "no")
+            outside = row["diff_lo"] > 0 or row["diff_hi"] < 0  # the interval (seeds too) excludes 0
+            row.update(p_holm=float(adjusted),
+                       significant_holm="yes" if adjusted < stats.ALPHA and outside else "no")
     facts = {"items": len(ordered), "seeds": {v: len(p["runs"]) for v, p in points.items()},
              "fallback": [v for v, p in points.items() if p["runs"] and (v not in full or not ordered)],
              "dropped": any(len(r) != len(ordered) for rs in full.values() for r in rs)}
@@ -391,16 +393,18 @@ def report(rows: list[dict], summary: list[dict], facts: dict, axis: str, baseli
               f"and items, with a 95% percentile bootstrap interval ({stats.RESAMPLES:,} resamples of the items "
               "and, independently, of the seeds). Test: paired sign-flip permutation test over the items of d = "
               "per-item accuracy averaged over seeds, point minus baseline (two-sided; exact when at most "
-              f"{stats.EXACT_MAX} items differ, else {stats.PERMUTATIONS:,} random sign patterns); significant "
-              f"when p < {stats.ALPHA} (the test decides: with few items the interval can exclude 0 at p ≥ 0.05). "
-              "Holm p adjusts for the points compared with the baseline."]
+              f"{stats.EXACT_MAX} items differ, else {stats.PERMUTATIONS:,} random sign patterns). The test holds the "
+              "trained models fixed; the interval of the difference also resamples the seeds. Significant when "
+              f"p < {stats.ALPHA} and the 95% interval of the difference excludes 0 (a difference the spread "
+              "between seeds explains is not significant). Holm p adjusts for the points compared with the "
+              "baseline (Holm-significant: Holm p < 0.05 and the interval excludes 0)."]
     if facts["dropped"]:
         lines.append(f"\nSome runs answered other held-out items: only the {facts['items']} common to all count.")
     for value in facts["fallback"]:
         lines.append(f"\n{axis}={value}: no per-item `{label}_responses.jsonl` in its runs; its accuracy is the mean "
                      f"of the logged `{label}/...` metrics over seeds: intervals and tests are unavailable.")
     lines += ["", f"| {axis} | seeds | items | accuracy (%) [95% interval] | difference (pp) [95% interval] | p | "
-              "Holm p | significant (p < 0.05) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+              "Holm p | significant |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     words = []
     for row in summary:
         p, holm = (f"{row[k]:.4g}" if row[k] != "" else "" for k in ("p", "p_holm"))
@@ -412,16 +416,18 @@ def report(rows: list[dict], summary: list[dict], facts: dict, axis: str, baseli
         if p and (row["group"] == "all" or yes):
             verdict = f"significantly {'higher' if row['diff'] > 0 else 'lower'} than" if yes else \
                 "not significantly different from"
+            why = "" if yes or row["p"] >= stats.ALPHA else ", but the interval includes 0: the spread between " \
+                "seeds explains it"
             words.append(f"- {axis}={row['value']}{'' if row['group'] == 'all' else ' on ' + row['group']} is "
-                         f"{verdict} the baseline: {diff} pp, p = {p} ({'<' if yes else '≥'} 0.05; "
-                         f"Holm p = {holm}).")
+                         f"{verdict} the baseline: {diff} pp, p = {p} ({'<' if row['p'] < stats.ALPHA else '≥'} "
+                         f"0.05{why}; Holm p = {holm}).")
     lines += ["", "In words (overall, and each group where a difference is significant):", ""]
     lines += words or ["- No paired test: the baseline or the others lack per-item responses."]
     groups = [g for g in dict.fromkeys(r["group"] for r in summary) if g != "all"]
     if groups:
         by = {(r["value"], r["group"]): r for r in summary}
         lines += ["", "## Held-out accuracy (%) by MathVerse version and by complexity level: mean over seeds "
-                  "[95% interval], * where the paired test against the baseline gives p < 0.05", "",
+                  "[95% interval], * where the difference from the baseline is significant", "",
                   f"| {axis} | " + " | ".join(groups) + " |", "|---" + "|---:" * len(groups) + "|"]
         for value in dict.fromkeys(r["value"] for r in summary):
             cells = [(_interval(by[value, g]) + " *" * (by[value, g]["significant"] == "yes")) if (value, g) in by

@@ -67,6 +67,18 @@ def test_paired_test_with_seeds_by_hand():
     assert result["lo"] < 0.375 < result["hi"]
 
 
+def test_a_difference_the_seeds_explain_is_not_significant():
+    # Seed 0 of a got every item right, seed 1 none: per item ā_i = ½ against b̄_i = 0, so the sign-flip
+    # test over the 12 items (models held fixed) gives p = 2/2^12. But a resample of a's seeds draws
+    # seed 1 twice with probability ¼, giving a difference of 0: the 2.5% quantile is 0, the interval
+    # does not exclude 0, and the difference is not called significant.
+    a = np.array([[1] * 12, [0] * 12])
+    result = stats.paired_test(a, np.zeros((1, 12)))
+    assert result["p"] == 2 / 2 ** 12 and result["diff"] == 0.5
+    assert result["lo"] == 0.0 and result["hi"] == 1.0
+    assert not result["excludes_zero"] and not result["significant"]
+
+
 def test_many_items_use_monte_carlo():
     assert stats.sign_flip_p(np.ones(17), exact_max=17) == (2 / 2 ** 17, "exact")
     # Monte Carlo (20 > 16 differences): none of 10,000 random patterns is all-plus or all-minus (chance

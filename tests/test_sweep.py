@@ -162,7 +162,7 @@ def test_collect_summarises_seeds_and_tests_each_mix_against_the_baseline(tmp_pa
            "(< 0.05; Holm p = 0.0625)." in text
     assert "- ratio=1:1:1:1 is not significantly different from the baseline: +33.3 [" in text
     assert "p = 0.25 (≥ 0.05" in text
-    assert "paired sign-flip permutation test" in text and "significant when p < 0.05" in text
+    assert "paired sign-flip permutation test" in text and "Significant when p < 0.05 and the 95% interval of the difference excludes 0" in text
     assert "6 items" in text and "per point: 2:3:4:1: 2, 1:0:0:0: 2, 1:1:1:1: 2, 3:3:3:1: 2" in text
     assert "ratio=3:3:3:1: no per-item `engine_responses.jsonl`" in text
     assert "intervals and tests are unavailable" in text
