@@ -25,6 +25,17 @@ TINY_DECODER = {"vocab_size": ENGINE_VOCAB, "hidden_size": 128, "intermediate_si
 TINY_IMAGE_TOKENS = 64       # CLIP flavour: 64 patches (the class token is dropped)
 # The LLM's attention projections only: LoRA must not touch the image tower's own q/v projections.
 DECODER_LORA_TARGETS = (r"decoder/.*(q_proj|v_proj)",)
+# Math-LLaVA's complexity-ratio ablation (its Table 8): mixes of levels 0:1:2:3, the chosen one first.
+TABLE8_MIXES = ("2:3:4:1", "3:3:3:1", "4:3:2:1", "2:4:3:1", "1:1:1:1")
+
+
+def split_mixes(text: str) -> tuple[str, ...]:
+    """A sweep config's ``mixes`` arg (``"2:3:4:1/1:1:1:1"``: ``/`` between mixes, as ``,`` separates
+    args) as a tuple of mixes."""
+    mixes = tuple(m.strip() for m in str(text).split("/") if m.strip())
+    if not mixes:
+        raise mc.ConfigError(f"mixes={text!r}: give mixes like 2:3:4:1/1:1:1:1")
+    return mixes
 
 
 def check_size(size: str, sizes: tuple[str, ...]) -> None:

@@ -129,9 +129,14 @@ def paired_test(a, b, *, level: float = LEVEL, resamples: int = RESAMPLES, exact
     p, method = sign_flip_p(d, exact_max=exact_max, permutations=permutations, rng=rng)
     excludes_zero = bool(lo > 0 or hi < 0)
     return {"diff": float(d.mean()), "lo": lo, "hi": hi, "p": p, "method": method,
-            "excludes_zero": excludes_zero, "significant": bool(p < ALPHA and excludes_zero),
+            "excludes_zero": excludes_zero, "significant": significant(p, lo, hi),
             "items": int(x.shape[1]), "seeds_a": int(x.shape[0]),
             "seeds_b": int(y.shape[0])}
+
+
+def significant(p: float, lo: float, hi: float) -> bool:
+    """The decision rule: ``p < ALPHA`` and the difference's interval ``[lo, hi]`` excludes 0."""
+    return bool(p < ALPHA and (lo > 0 or hi < 0))
 
 
 def holm(pvalues) -> np.ndarray:

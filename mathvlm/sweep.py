@@ -314,9 +314,8 @@ def summarize(runs: list[dict], baseline: str, label: str = "engine") -> tuple[l
     for group in dict.fromkeys(r["group"] for r in rows):
         tested = [r for r in rows if r["group"] == group and r["p"] != ""]
         for row, adjusted in zip(tested, stats.holm([r["p"] for r in tested])):
-            outside = row["diff_lo"] > 0 or row["diff_hi"] < 0  # the interval (seeds too) excludes 0
-            row.update(p_holm=float(adjusted),
-                       significant_holm="yes" if adjusted < stats.ALPHA and outside else "no")
+            holm_yes = stats.significant(adjusted, row["diff_lo"], row["diff_hi"])
+            row.update(p_holm=float(adjusted), significant_holm="yes" if holm_yes else "no")
     facts = {"items": len(ordered), "seeds": {v: len(p["runs"]) for v, p in points.items()},
              "fallback": [v for v, p in points.items() if p["runs"] and (v not in full or not ordered)],
              "dropped": any(len(r) != len(ordered) for rs in full.values() for r in rs)}

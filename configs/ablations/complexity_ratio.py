@@ -24,20 +24,18 @@ import os
 from ml_collections import ConfigDict
 
 from mathvlm import config as mc
+from mathvlm import recipes
 
 SIZES = ("tiny", "13b")
-TABLE8_MIXES = ("2:3:4:1", "3:3:3:1", "4:3:2:1", "2:4:3:1", "1:1:1:1")
 # The base recipe, relative to the repository root (this file is configs/ablations/<name>.py).
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE = "configs/math_llava/finetune.py"
 
 
 def get_config(arg=None):
-    arg = mc.parse_arg(arg, size="tiny", mixes="/".join(TABLE8_MIXES), eval_examples=48, hf="",
+    arg = mc.parse_arg(arg, size="tiny", mixes="/".join(recipes.TABLE8_MIXES), eval_examples=48, hf="",
                        workdir="")
-    mixes = tuple(m.strip() for m in arg.mixes.split("/") if m.strip())
-    if not mixes:
-        raise mc.ConfigError(f"mixes={arg.mixes!r}: give mixes like 2:3:4:1/1:1:1:1")
+    mixes = recipes.split_mixes(arg.mixes)
     base_arg = f"size={arg.size}"
     if arg.size == "tiny":
         base_arg += f",eval_examples={arg.eval_examples}"

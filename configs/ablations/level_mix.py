@@ -30,16 +30,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FINETUNE = os.path.join(ROOT, "configs", "math_llava", "finetune.py")
 SELF = "configs/ablations/level_mix.py"
 FAMILIES = ("function_shape", "function")
-TABLE8_MIXES = ("2:3:4:1", "3:3:3:1", "4:3:2:1", "2:4:3:1", "1:1:1:1")
 VERSIONS = "text_dominant,vision_intensive,vision_dominant"
 
 
 def get_config(arg=None):
     arg = mc.parse_arg(arg, init="runs/demo/instruct", ratio="2:3:4:1", steps=100, eval_examples=192,
-                       mixes="/".join(TABLE8_MIXES + ("0:1:1:1",)), seeds=3, workdir="")
+                       mixes="/".join(recipes.TABLE8_MIXES + ("0:1:1:1",)), seeds=3, workdir="")
     init = arg.init if os.path.isabs(arg.init) else os.path.join(ROOT, arg.init)
     config = mc.load(f"{FINETUNE}:size=tiny,ratio={arg.ratio},steps={arg.steps},eval_examples=0,init={init}")
-    mixes = tuple(m.strip() for m in arg.mixes.split("/") if m.strip())
+    mixes = recipes.split_mixes(arg.mixes)
     with config.unlocked():
         config.name = f"ablations/level_mix (ratio {arg.ratio})"
         config.model.feature_norm = "calibrated"  # the start's statistics, loaded with its weights
