@@ -23,6 +23,7 @@ _HOME = {
     "source": "mathvlm.data",
     "step": "mathvlm.train",
     "evaluator": "mathvlm.eval",
+    "reward": "mathvlm.eval.rewards",
     "job": "mathvlm.train",
 }
 _TABLES: dict[str, dict[str, Any]] = {kind: {} for kind in _HOME}

@@ -87,7 +87,9 @@ def engine_conversation(record: dict, multiple_choice: bool = False, *, with_tar
 
 
 def _answer_line(response: str):
-    lines = [line.strip() for line in str(response).strip().splitlines() if line.strip()]
+    # Whitespace runs collapsed first: on a long run of spaces the answer pattern backtracks for
+    # minutes (a sampled completion can be one).
+    lines = [" ".join(line.split()) for line in str(response).strip().splitlines() if line.strip()]
     for line in reversed(lines):  # the last answer line wins, as the CoT puts it last
         index = line.lower().rfind("the answer is")
         if index >= 0:

@@ -136,6 +136,20 @@ class EngineVLMSource:
                                            for i in range(len(self))], np.int32)
         return self._levels
 
+    def problem(self, index: int) -> dict:
+        """The instruct record of example ``index`` as training asks it: its version, and
+        ``multiple_choice`` (bool) added. RL rollouts ask and score exactly this."""
+        if self.task != "instruct":
+            raise ValueError(f"data.task={self.task!r}: problems to ask come from data.task='instruct'")
+        e = self.engine
+        version, mc = instruct_form(e.seed, int(index), self.versions, self.multiple_choice)
+        if self.built is not None:
+            record = self.built[int(index)]
+        else:
+            record = core.make_record(e.seed, int(index), kind="instruct", version=version,
+                                      image_size=e.image_size, families=e.families)
+        return {**record, "multiple_choice": bool(mc)}
+
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         if self.task == "caption":
@@ -155,13 +169,8 @@ class EngineVLMSource:
                 "conversation": engine_prompts.engine_conversation(member, mc, answer=self.answer)})
                 for side, member in sides.items()}
             return join_members(members) | {"level": np.int32(record["complexity"])}
-        e = self.engine
-        version, mc = instruct_form(e.seed, index, self.versions, self.multiple_choice)
-        if self.built is not None:
-            record = self.built[index]
-        else:
-            record = core.make_record(e.seed, index, kind="instruct", version=version,
-                                      image_size=e.image_size, families=e.families)
+        record = self.problem(index)
+        mc = record["multiple_choice"]
         image = engine_prompts.engine_image(record, mc)
         row = self.build({"id": record["id"], "images": [] if image is None else [image],
                           "conversation": engine_prompts.engine_conversation(record, mc, answer=self.answer)})

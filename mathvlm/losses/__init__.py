@@ -3,15 +3,15 @@
 Every registered term is ``loss_fn(outputs: dict, batch: dict, **options) -> (scalar, metrics)``;
 :func:`make_loss` sums weighted terms from ``config.loss.terms``. The array-level functions they are
 built from (``clip_loss``, ``next_token_loss``, ``chunked_next_token_loss``, ``puma_kl_loss``,
-``dpo_loss``, ``sequence_logps``, ...) are exported for direct use and tests.
+``dpo_loss``, ``sequence_logps``, ``grpo_loss``, ...) are exported for direct use and tests.
 
 Convention for sequences: **targets are already shifted** — ``logits[:, t]`` (computed from
 ``tokens[:, :t+1]``) is scored against ``targets[:, t]``, and ``loss_mask[:, t]`` flags that target as
 supervised (the batch contract of :mod:`mathvlm.data`; :func:`shift_targets` builds it).
 
 Keys each term reads (B batch, L length, V vocabulary, D width; ``batch["skip_reason"]`` [B], when
-present, drops blanked rows from ``clip`` / ``siglip`` / ``dpo`` — sequence losses already see
-all-zero masks for them):
+present, drops blanked rows from ``clip`` / ``siglip`` / ``dpo`` / ``grpo`` — sequence losses
+already see all-zero masks for them):
 
 ==============  =====================================================  ==================================
 term            outputs                                                batch
@@ -30,6 +30,10 @@ term            outputs                                                batch
 ``dpo``         ``{model}_{side}_logps`` [B] for model ∈ {policy,       (only with logits)
                 reference}, side ∈ {chosen, rejected}; or               ``{side}_targets``,
                 ``{model}_{side}_logits`` [B, L, V]                     ``{side}_loss_mask`` [B, L]
+``grpo``        ``logps`` [B, L] (policy, per token); with β > 0        ``old_logps`` [B, L],
+                also ``reference_logps`` [B, L]                         ``rewards`` [B] (groups of
+                                                                        ``group_size`` contiguous),
+                                                                        ``loss_mask`` [B, L]
 ==============  =====================================================  ==================================
 
 Pair members use the data pipeline's flat prefixes (``strong_`` / ``weak_``, ``chosen_`` /
@@ -37,10 +41,11 @@ Pair members use the data pipeline's flat prefixes (``strong_`` / ``weak_``, ``c
 in token count to the shorter count and reports ``puma_kl/mismatched_pairs``.
 """
 
-from mathvlm.losses import classification, contrastive, dpo, next_token, puma  # noqa: F401  (registers the terms)
+from mathvlm.losses import classification, contrastive, dpo, grpo, next_token, puma  # noqa: F401  (registers the terms)
 from mathvlm.losses.composite import make_loss
 from mathvlm.losses.contrastive import clip_loss, l2_normalize, retrieval_accuracy, siglip_loss
 from mathvlm.losses.dpo import dpo_loss, sequence_logps
+from mathvlm.losses.grpo import group_advantages, grpo_loss, token_logps
 from mathvlm.losses.next_token import (chunked_next_token_loss, next_token_loss, reduce_over_tokens,
                                        shift_targets, token_statistics)
 from mathvlm.losses.puma import answer_positions, kl_divergence, puma_kl_loss, zscore
@@ -49,5 +54,5 @@ __all__ = [
     "make_loss", "clip_loss", "siglip_loss", "l2_normalize", "retrieval_accuracy", "dpo_loss",
     "sequence_logps", "next_token_loss", "chunked_next_token_loss", "reduce_over_tokens",
     "shift_targets", "token_statistics", "answer_positions", "kl_divergence", "puma_kl_loss",
-    "zscore",
+    "zscore", "token_logps", "group_advantages", "grpo_loss",
 ]

@@ -25,6 +25,10 @@ from flax import nnx
 class Generated(NamedTuple):
     tokens: jax.Array    # [batch, max_new_tokens]; pad_id after a row's stop token
     lengths: jax.Array   # [batch] number of generated tokens including the stop token
+    # [batch, max_new_tokens] float32: log-prob of each generated token under the distribution it was
+    # drawn from (softmax of logits / temperature; of the raw logits when greedy), 0 after the stop.
+    # Top-k / top-p truncation is not renormalised in: RL losses score the tempered full softmax.
+    logprobs: jax.Array
 
 
 def _per_row(rng: jax.Array) -> bool:
@@ -107,27 +111,33 @@ def _generate(graphdef, state, tokens, inputs_embeds, mask, rng, temperature, to
 
         # Greedy decoding skips the sampler at run time: its vocabulary sort (for top-p) dominated
         # every step on CPU, although its result was then discarded for argmax.
-        return jax.lax.cond(temperature > 0, sample,
-                            lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32), logits)
+        token = jax.lax.cond(temperature > 0, sample,
+                             lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32), logits)
+        scale = jnp.where(temperature > 0, temperature, 1.0)
+        logprob = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32) / scale, axis=-1),
+                                      token[:, None], axis=-1)[:, 0]
+        return token, logprob
 
-    first = pick(next_logits, 0)
+    first, first_logprob = pick(next_logits, 0)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
+    logprobs = jnp.zeros((batch, max_new_tokens), jnp.float32).at[:, 0].set(first_logprob)
     done = jnp.isin(first, stops)
     lengths = jnp.ones((batch,), jnp.int32)
 
     def cond(carry):
-        step, _, _, done, _, _ = carry
+        step, _, _, done, _, _, _ = carry
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def body(carry):
-        step, token, cache, done, out, lengths = carry
+        step, token, cache, done, out, logprobs, lengths = carry
         logits, cache = model(token[:, None], cache=cache)
-        token = pick(logits[:, -1], step)
+        token, logprob = pick(logits[:, -1], step)
         out = out.at[:, step].set(jnp.where(done, pad_id, token))
+        logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, logprob))
         lengths = lengths + (~done).astype(jnp.int32)
         done = done | jnp.isin(token, stops)
-        return step + 1, token, cache, done, out, lengths
+        return step + 1, token, cache, done, out, logprobs, lengths
 
-    carry = (jnp.int32(1), first, cache, done, out, lengths)
-    *_, out, lengths = jax.lax.while_loop(cond, body, carry)
-    return Generated(out, lengths)
+    carry = (jnp.int32(1), first, cache, done, out, logprobs, lengths)
+    *_, out, logprobs, lengths = jax.lax.while_loop(cond, body, carry)
+    return Generated(out, lengths, logprobs)

@@ -12,6 +12,8 @@ logical names of the kernel axes they replace plus ``"lora"`` for the rank. Laye
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 from collections.abc import Sequence
 
@@ -22,6 +24,19 @@ from flax import nnx
 from mathvlm.models.layers import Dense
 
 LoRAParam = nnx.LoRAParam
+_DISABLED = contextvars.ContextVar("lora_disabled", default=False)
+
+
+@contextlib.contextmanager
+def disabled():
+    """Inside, every :class:`LoRADense` computes its base layer alone: the model as it was before its
+    adapters, e.g. the frozen reference of an RL or preference step without a second copy of the
+    weights. Read when the call is traced, so it selects the program a ``jit`` compiles."""
+    token = _DISABLED.set(True)
+    try:
+        yield
+    finally:
+        _DISABLED.reset(token)
 
 
 class LoRADense(nnx.Module):
@@ -57,6 +72,8 @@ class LoRADense(nnx.Module):
 
     def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
         y = self.base(x, out_dtype=out_dtype)
+        if _DISABLED.get():
+            return y
         dtype = self.base.dtype or self.base.kernel.dtype
         n_in = len(self.base.in_shape)
         dims = ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ()))

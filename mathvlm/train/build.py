@@ -60,7 +60,7 @@ def make_model_and_optimizer(config, trainable):
     """``() -> (model, optimizer)`` at random init: for ``create_sharded`` or ``nnx.eval_shape``."""
     from mathvlm.train import optim
 
-    tx = optim.make_optimizer(config.optim, config.train.steps)
+    tx = optim.make_optimizer(config.optim, optim.total_updates(config))
 
     def make():
         model = add_lora(build_model(config.model, config.seed), config)

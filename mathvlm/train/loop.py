@@ -42,6 +42,7 @@ def make_train_step(config, graphdef, model_graphdef, trainable):
     ``(model, optimizer)`` graph: the Trainer jits it on placed arrays, ``launch/aot_compile.py`` lowers
     it on abstract ones."""
     step_fn = registry.get("step", config.train.step)
+    options = dict(config.train.get("step_options", {}) or {})
     loss_fn = make_loss(config.loss.terms)
     rules = config.sharding.rules
 
@@ -50,7 +51,7 @@ def make_train_step(config, graphdef, model_graphdef, trainable):
         reference = None if reference_state is None else nnx.merge(model_graphdef, reference_state)
         with sharding.use_rules(rules):
             metrics = step_fn(model, optimizer, batch, loss_fn=loss_fn, trainable=trainable,
-                              reference=reference)
+                              reference=reference, **options)
         new_state = nnx.state((model, optimizer))
         # A non-finite loss or gradient leaves parameters and optimizer state untouched.
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
@@ -86,15 +87,16 @@ class Trainer:
             raise ValueError(f"data.batch_size={config.data.batch_size} must divide over the "
                              f"{batch_ways} batch shards of mesh {dict(mesh.shape)} (data × fsdp)")
         self.trainable = optim.trainable_filter(config.train.trainable)
-        self.schedule = optim.make_schedule(config.optim, config.train.steps)
+        self.schedule = optim.make_schedule(config.optim, optim.total_updates(config))
 
         model = init_model(config, mesh)
-        tx = optim.make_optimizer(config.optim, config.train.steps)
+        tx = optim.make_optimizer(config.optim, optim.total_updates(config))
         with jax.set_mesh(mesh), sharding.use_rules(self.rules):
             optimizer = nnx.Optimizer(model, tx, wrt=self.trainable)  # moments placed like parameters
         # DPO's reference: a frozen copy of the model as initialised (before any update or resume).
         model_graphdef, model_state = nnx.split(model)
-        needs_reference = getattr(registry.get("step", config.train.step), "needs_reference", False)
+        needs_reference = getattr(registry.get("step", config.train.step), "needs_reference",
+                                  lambda config: False)(config)
         self.reference_state = jax.tree.map(lambda x: x.copy(), model_state) if needs_reference else None
         self.graphdef, self.state = nnx.split((model, optimizer))
         train_step = make_train_step(config, self.graphdef, model_graphdef, self.trainable)
@@ -272,8 +274,13 @@ def train(config, *, workdir: str, mesh):
     trainer = Trainer(config, mesh)
     if jax.process_index() == 0:
         print(trainer.report(), flush=True)
-    batches = pipeline.make_iterator(config.data, seed=config.seed, process_index=jax.process_index(),
-                                     process_count=jax.process_count())
+    if getattr(registry.get("step", config.train.step), "needs_rollouts", False):
+        from mathvlm.train.rollout import RolloutStream  # sampled from the policy itself (GRPO)
+
+        batches = RolloutStream(config, trainer, workdir=workdir)
+    else:
+        batches = pipeline.make_iterator(config.data, seed=config.seed, process_index=jax.process_index(),
+                                         process_count=jax.process_count())
     ckpt = Checkpointer(workdir, keep=config.checkpoint.keep)
     # A full disk is reported now, not as a failed save hours in (min_free_bytes: optional headroom).
     ckpt.check_space(trainer.state, config.checkpoint.get("min_free_bytes", 0))
@@ -330,10 +337,11 @@ def train(config, *, workdir: str, mesh):
                 if log_now:
                     metrics = jax.device_get(metrics)
                     elapsed = time.perf_counter() - window_start
-                    metrics.update(lr=float(trainer.schedule(step - 1)), skipped_steps=skipped,
+                    metrics.update(lr=float(trainer.schedule(step * optim.updates_per_step(config) - 1)), skipped_steps=skipped,
                                    tokens_per_s=window_tokens / elapsed, **data_stats.metrics(),
                                    **flops_metrics(trainer.num_params, window_tokens / elapsed,
-                                                   config.train.get("peak_tflops", 0.0)))
+                                                   config.train.get("peak_tflops", 0.0)),
+                                   **getattr(batches, "last_metrics", {}))
                     last = writer.write(step, metrics)
                     window_start, window_tokens = time.perf_counter(), 0
                 if evaluators and ((eval_every and step % eval_every == 0) or step == total):

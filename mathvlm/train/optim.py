@@ -20,6 +20,16 @@ def make_schedule(optim_config, total_steps: int) -> optax.Schedule:
     raise ValueError(f"optim.schedule={optim_config.schedule!r}; use 'cosine' or 'constant'")
 
 
+def updates_per_step(config) -> int:
+    """Optimizer updates one train step makes (GRPO's μ, ``train.step_options.updates``; else 1)."""
+    return int((config.train.get("step_options", {}) or {}).get("updates", 1))
+
+
+def total_updates(config) -> int:
+    """The optimizer's horizon: ``train.steps`` × updates per step (the schedule counts updates)."""
+    return config.train.steps * updates_per_step(config)
+
+
 def _decay_mask(params):
     # Decay matrices only: norms, biases and scales keep their values (the usual AdamW practice).
     return jax.tree.map(lambda p: p.ndim >= 2, params)

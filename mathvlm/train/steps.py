@@ -3,7 +3,8 @@
 A step is ``step(model, optimizer, batch, *, loss_fn, trainable, reference=None) -> metrics``: it runs
 the forward pass(es) a stage needs, differentiates ``loss_fn`` with respect to the ``trainable``
 parameters only, and applies the update in place. The loop jits it once with the shardings of the mesh.
-``reference`` is a frozen model (DPO's π_ref) for steps registered with ``needs_reference = True``.
+``reference`` is a frozen model (DPO's π_ref) for steps whose ``needs_reference(config)`` is true.
+Options of a step kind come from ``config.train.step_options`` as keywords.
 
 Output keys per step follow :mod:`mathvlm.losses`: ``logits``; ``strong_logits`` / ``weak_logits``
 (pairs); ``{policy,reference}_{chosen,rejected}_logps`` (preference).
@@ -16,7 +17,7 @@ import optax
 from flax import nnx
 
 from mathvlm import registry
-from mathvlm.losses import sequence_logps
+from mathvlm.losses import sequence_logps, token_logps
 
 
 def forward(model, batch, prefix: str = ""):
@@ -95,7 +96,46 @@ def preference_step(model, optimizer, batch, *, loss_fn, trainable, reference=No
     return _update(model, optimizer, objective, trainable)
 
 
-preference_step.needs_reference = True
+preference_step.needs_reference = lambda config: True
+
+GRPO_REFERENCES = ("none", "copy", "lora_disabled")
+
+
+@registry.register("step", "grpo")
+def grpo_step(model, optimizer, batch, *, loss_fn, trainable, reference=None, updates: int = 1,
+              temperature: float = 1.0, reference_model: str = "none"):
+    """GRPO's policy update on one rollout batch (:mod:`mathvlm.train.rollout` makes it: prompt +
+    sampled completion as ``tokens``, ``targets`` / ``loss_mask`` on the completion, the sampler's
+    ``old_logps``, the ``rewards``). ``updates`` (μ) optimizer updates on the whole batch, each
+    scoring ``logits / temperature`` as the sampler drew from them; metrics are their mean.
+
+    ``reference_model``: ``"none"`` (no KL term), ``"copy"`` (the frozen model as the stage started,
+    ``reference``), or ``"lora_disabled"`` (this model with its LoRA adapters switched off: the base
+    weights are the reference, no second copy)."""
+    if reference_model not in GRPO_REFERENCES:
+        raise ValueError(f"train.step_options.reference_model={reference_model!r}; one of {GRPO_REFERENCES}")
+
+    def logps(m):
+        return token_logps(forward(m, batch), batch["targets"], temperature)
+
+    fixed = {}
+    if reference_model == "copy":
+        if reference is None:
+            raise ValueError("the grpo step with reference_model='copy' needs a reference model")
+        fixed["reference_logps"] = jax.lax.stop_gradient(logps(reference))
+    elif reference_model == "lora_disabled":
+        from mathvlm.models import lora
+
+        with lora.disabled():
+            fixed["reference_logps"] = jax.lax.stop_gradient(logps(model))
+    runs = [_update(model, optimizer, lambda m: loss_fn({"logps": logps(m), **fixed}, batch), trainable)
+            for _ in range(int(updates))]
+    return jax.tree.map(lambda *values: sum(values) / len(values), *runs)
+
+
+grpo_step.needs_reference = lambda config: (
+    config.train.get("step_options", {}).get("reference_model", "none") == "copy")
+grpo_step.needs_rollouts = True
 
 
 @registry.register("step", "classifier")
