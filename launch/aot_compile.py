@@ -7,6 +7,8 @@ requirements-tpu.txt``):
         --topology v5e:2x2 --preset qwen2-7b --batch 16 --seq 2048
     .venv-tpu/bin/python launch/aot_compile.py --config configs/mavis/instruct.py:size=7b \\
         --topology v5litepod-16 --vlm clip-vit-l-14-336:mistral-7b --set mesh.data=1 --set mesh.fsdp=-1
+    .venv-tpu/bin/python launch/aot_compile.py --config configs/rl/grpo.py:size=7b \\
+        --topology v5p-8 --vlm clip-vit-l-14-336:vicuna-7b
 
 ``--topology`` takes Cloud TPU names (``v5p-128``, ``v5litepod-16``) and JAX names (``v5e:2x2``).
 Real-size recipes load weights from local transformers folders, which AOT compilation does not need:
@@ -14,6 +16,12 @@ Real-size recipes load weights from local transformers folders, which AOT compil
 for a VLM built from presets the way the LLaVA-format loader builds it (the recipe's LoRA, trainable
 parameters, step kind, image size and image-token count are kept). ``--batch`` / ``--seq`` default to
 the recipe's. The last line printed is one JSON object; the exit code is 3 when the step does not fit.
+
+A GRPO recipe (``train.step='grpo'``) also compiles its rollout on the same mesh: the KV-cache sampler
+over the global batch (``--batch`` completions of ``rl.prompt_len`` prompt tokens, ``rl.max_new_tokens``
+new ones), reported as ``rollout_*``; the optimizer state (and a reference copy) stays on the chips
+while it runs and counts against its HBM. The step fits when the rollout and the update both fit;
+``--seq`` defaults to ``rl.prompt_len + rl.max_new_tokens``, the rollout batch's length.
 """
 
 from __future__ import annotations
@@ -38,7 +46,10 @@ if HERE not in sys.path:
 import tpu_topology  # launch/ is not a package: scripts import their neighbours
 
 # The members of one row per step kind: each is a forward pass over its own tokens (and image).
-STEP_MEMBERS = {"next_token": ("",), "pair": ("strong_", "weak_"), "preference": ("chosen_", "rejected_")}
+STEP_MEMBERS = {"next_token": ("",), "pair": ("strong_", "weak_"), "preference": ("chosen_", "rejected_"),
+                "grpo": ("",)}
+# Stop token of the abstract rollout: any id compiles the same program.
+ROLLOUT_STOP = 2
 # Placeholder for a real-size recipe's required hf= folder: AOT reads neither weights nor tokenizer.
 NO_WEIGHTS = "/aot-compile/no-weights"
 DOES_NOT_FIT = 3
@@ -96,10 +107,7 @@ def vlm_model(spec: str, config, projector: str):
 def batch_structs(config, mesh, batch: int, seq: int) -> tuple[dict, int]:
     """Abstract global batch of the recipe's step kind (``ShapeDtypeStruct`` with the batch sharding of
     the trainer), and the number of forward passes per row."""
-    import jax
     import jax.numpy as jnp
-
-    from mathvlm import sharding
 
     members = STEP_MEMBERS.get(config.train.step)
     if members is None:
@@ -107,19 +115,98 @@ def batch_structs(config, mesh, batch: int, seq: int) -> tuple[dict, int]:
                          f"{', '.join(STEP_MEMBERS)}")
     rules = config.sharding.rules
 
-    def struct(shape, dtype):
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, rules, len(shape)))
-
     out = {}
     for prefix in members:
         for key in ("tokens", "targets", "attention_mask"):
-            out[prefix + key] = struct((batch, seq), jnp.int32)
-        out[prefix + "loss_mask"] = struct((batch, seq), jnp.float32)
-        if config.model.name == "vlm":
-            size = config.data.get("image_size", 0) or config.model.get("vision", {}).get("image_size")
-            out[prefix + "images"] = struct((batch, size, size, 3), jnp.float32)
-            out[prefix + "image_mask"] = struct((batch,), jnp.bool_)
+            out[prefix + key] = _batch_struct(mesh, rules, (batch, seq), jnp.int32)
+        out[prefix + "loss_mask"] = _batch_struct(mesh, rules, (batch, seq), jnp.float32)
+        out.update({prefix + k: v for k, v in _image_structs(config, mesh, batch).items()})
+    if config.train.step == "grpo":  # the sampler's log-probs and the completions' rewards
+        out["old_logps"] = _batch_struct(mesh, rules, (batch, seq), jnp.float32)
+        out["rewards"] = _batch_struct(mesh, rules, (batch,), jnp.float32)
     return out, len(members)
+
+
+def _batch_struct(mesh, rules, shape, dtype):
+    import jax
+
+    from mathvlm import sharding
+
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, rules, len(shape)))
+
+
+def _image_structs(config, mesh, batch: int) -> dict:
+    """``images`` and ``image_mask`` of a VLM's batch; nothing for a text model."""
+    import jax.numpy as jnp
+
+    if config.model.name != "vlm":
+        return {}
+    rules = config.sharding.rules
+    size = config.data.get("image_size", 0) or config.model.get("vision", {}).get("image_size")
+    return {"images": _batch_struct(mesh, rules, (batch, size, size, 3), jnp.float32),
+            "image_mask": _batch_struct(mesh, rules, (batch,), jnp.bool_)}
+
+
+def prompt_structs(config, mesh, batch: int) -> dict:
+    """Abstract prompt batch of the GRPO rollout (:func:`mathvlm.train.rollout._sample`): ``batch``
+    left-padded rows of ``rl.prompt_len`` tokens, their row numbers and (VLM) images."""
+    import jax.numpy as jnp
+
+    rules, length = config.sharding.rules, int(config.rl.prompt_len)
+    return {"tokens": _batch_struct(mesh, rules, (batch, length), jnp.int32),
+            "attention_mask": _batch_struct(mesh, rules, (batch, length), jnp.int32),
+            "row": _batch_struct(mesh, rules, (batch,), jnp.uint32),
+            **_image_structs(config, mesh, batch)}
+
+
+def compile_rollout(config, mesh, model_graphdef, model_state, batch: int) -> dict:
+    """Lower and compile the GRPO rollout (the sampler of :mod:`mathvlm.train.rollout`) for the
+    abstract model state on ``mesh``: ``rollout_*`` results, out-of-memory details when it fails."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from mathvlm import sharding
+    from mathvlm.train.loop import peak_bytes
+    from mathvlm.train.rollout import _sample
+
+    rules = config.sharding.rules
+    replicated = NamedSharding(mesh, PartitionSpec())
+    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
+    start = time.perf_counter()
+    try:
+        with jax.set_mesh(mesh), sharding.use_rules(rules):
+            compiled = _sample.lower(
+                model_graphdef, model_state, prompt_structs(config, mesh, batch), key, scalar, scalar,
+                vlm=config.model.name == "vlm",
+                out_sharding=sharding.batch_sharding(mesh, rules, 1).spec,
+                max_new_tokens=int(config.rl.max_new_tokens), top_k=int(config.rl.get("top_k", 0)),
+                stop_tokens=(ROLLOUT_STOP,), pad_id=0).compile()
+    except Exception as e:  # as the train step's
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
+            raise
+        details = out_of_memory_details(text, model_state)
+        return {"rollout_compile_s": round(time.perf_counter() - start, 2), "rollout_fits": False,
+                **{"rollout_" + k: v for k, v in details.items()}}
+    seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    return {"rollout_compile_s": round(seconds, 2), "rollout_fits": True,
+            "rollout_argument_gib": memory.argument_size_in_bytes / 2**30,
+            "rollout_temp_gib": memory.temp_size_in_bytes / 2**30,
+            "rollout_peak_gib": peak_bytes(memory) / 2**30}
+
+
+def per_chip_gib(tree) -> float:
+    """Bytes per chip of an abstract, sharded pytree, in GiB."""
+    import math
+
+    import jax
+
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+               for x in jax.tree.leaves(tree)) / 2**30
 
 
 def compile_train_step(config, devices, batch: int, seq: int) -> dict:
@@ -136,6 +223,10 @@ def compile_train_step(config, devices, batch: int, seq: int) -> dict:
     if batch % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise SystemExit(f"--batch {batch} must divide over the {mesh.shape['data'] * mesh.shape['fsdp']} "
                          f"batch shards of mesh {dict(mesh.shape)}")
+    rollout = config.train.step == "grpo"
+    if rollout and batch % int(config.rl.group_size):
+        raise SystemExit(f"--batch {batch} completions must split into groups of rl.group_size="
+                         f"{config.rl.group_size}")
     trainable = optim.trainable_filter(config.train.trainable)
     abstract = nnx.eval_shape(make_model_and_optimizer(config, trainable))
     graphdef, abstract_state = nnx.split(abstract)
@@ -145,7 +236,8 @@ def compile_train_step(config, devices, batch: int, seq: int) -> dict:
                          abstract_state, shardings)
     batch_struct, passes = batch_structs(config, mesh, batch, seq)
     # DPO's frozen reference is a second copy of the model's state, placed like it.
-    needs_reference = getattr(registry.get("step", config.train.step), "needs_reference", False)
+    needs_reference = getattr(registry.get("step", config.train.step), "needs_reference",
+                              lambda config: False)(config)
     reference = state[0] if needs_reference else None
     step = make_train_step(config, graphdef, model_graphdef, trainable)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract[0], nnx.Param)))
@@ -160,6 +252,12 @@ def compile_train_step(config, devices, batch: int, seq: int) -> dict:
         # The 6·N·D rule over every forward pass's tokens: the usual MFU yardstick, not XLA's count.
         "tflops_6nd_per_device_step": 6 * params * batch * seq * passes / len(devices) / 1e12,
     }
+    if rollout:
+        result.update(prompt_len=int(config.rl.prompt_len), max_new_tokens=int(config.rl.max_new_tokens),
+                      **compile_rollout(config, mesh, model_graphdef, state[0], batch))
+        # Sampling leaves the optimizer state (and a reference copy) on the chips.
+        result["rollout_resident_gib"] = per_chip_gib(state[1]) + (
+            per_chip_gib(reference) if reference is not None else 0.0)
     start = time.perf_counter()
     try:
         with jax.set_mesh(mesh):
@@ -221,6 +319,31 @@ def out_of_memory_details(text: str, state) -> dict:
     return details
 
 
+def oom_message(head: str, details: dict, prefix: str = "") -> str:
+    return (f"{head}; XLA: {details[prefix + 'xla']}\nLargest buffers:\n  "
+            + "\n  ".join(details[prefix + "largest_buffers"][:20] or ["(XLA listed none)"]))
+
+
+def rollout_summary(result: dict, hbm: float, describe: str) -> str:
+    """Print the rollout's line and settle ``rollout_fits``: what XLA allocates for it (arguments and
+    temporaries, or its peak when larger) plus the state it leaves on the chips, within HBM. Returns
+    the problem to report ("" when it fits)."""
+    if not result["rollout_fits"]:
+        return oom_message(f"does not fit: {describe} (rollout)", result, "rollout_")
+    total = result["rollout_resident_gib"] + max(
+        result["rollout_peak_gib"], result["rollout_argument_gib"] + result["rollout_temp_gib"])
+    result.update(rollout_hbm_fraction=total / hbm, rollout_fits=total <= hbm)
+    line = (f"rollout: {result['batch']} × ({result['prompt_len']} prompt + {result['max_new_tokens']} new "
+            f"tokens), compile {result['rollout_compile_s']} s; per chip: peak "
+            f"{result['rollout_peak_gib']:.2f} (arguments {result['rollout_argument_gib']:.2f}, temporaries "
+            f"{result['rollout_temp_gib']:.2f}) + {result['rollout_resident_gib']:.2f} optimizer state "
+            f"(and reference) left on the chips, of {hbm:g} GiB")
+    if result["rollout_fits"]:
+        print(line)
+        return ""
+    return f"does not fit: {describe}; {line}"
+
+
 def main(argv=None) -> None:
     from absl import flags
 
@@ -268,10 +391,15 @@ def main(argv=None) -> None:
         key, _, value = item.partition("=")
         mc.override(config, key, value)
     batch = args.batch or config.data.batch_size
-    seq = args.seq or config.data.seq_len
-    if config.model.name == "vlm" and seq <= config.data.get("num_image_tokens", 0):
-        parser.error(f"--seq {seq} leaves no room for text after {config.data.num_image_tokens} image "
-                     "tokens")
+    grpo = config.train.step == "grpo"
+    # A rollout batch is the prompt and its completion, whatever data.seq_len says.
+    seq = args.seq or (config.rl.prompt_len + config.rl.max_new_tokens if grpo else config.data.seq_len)
+    image_tokens = config.data.get("num_image_tokens", 0) if config.model.name == "vlm" else 0
+    if seq <= image_tokens:
+        parser.error(f"--seq {seq} leaves no room for text after {image_tokens} image tokens")
+    if grpo and config.rl.prompt_len <= image_tokens:
+        parser.error(f"rl.prompt_len={config.rl.prompt_len} leaves no room for text after {image_tokens} "
+                     "image tokens")
 
     from jax.experimental import topologies
 
@@ -280,6 +408,7 @@ def main(argv=None) -> None:
     hbm = topology.generation.hbm_gib
     result.update(topology=topology.jax_name, cloud_topology=topology.cloud_name, config=args.config,
                   model=args.vlm or args.preset or config.model.name, hbm_gib=hbm)
+    problems = []
     if result["fits"]:
         # XLA's own budget can be below the nominal HBM (reserved space): the compile is the judge.
         result["hbm_fraction"] = result["peak_gib"] / hbm
@@ -292,10 +421,18 @@ def main(argv=None) -> None:
               f" of {hbm:g} GiB (arguments {result['argument_gib']:.2f}, temporaries "
               f"{result['temp_gib']:.2f}), {result['tflops_per_device_step']:.1f} TFLOPs/step "
               f"(6·N·D: {result['tflops_6nd_per_device_step']:.1f})")
+    else:
+        problems.append(oom_message(f"does not fit: {topology.describe()}", result))
+    if grpo:
+        problem = rollout_summary(result, hbm, topology.describe())
+        if problem:
+            problems.append(problem)
+        result["update_fits"] = result["fits"]
+        result["fits"] = result["fits"] and result["rollout_fits"]
+    if not problems:
         print(json.dumps(result))
         return
-    print(f"does not fit: {topology.describe()}; XLA: {result['xla']}\nLargest buffers:\n  "
-          + "\n  ".join(result["largest_buffers"][:20] or ["(XLA listed none)"])
+    print("\n".join(problems)
           + "\nUse a larger topology, a smaller --batch, remat, or more sharding (--set mesh.fsdp=-1, "
             "--set sharding.rules=fsdp_tp --set mesh.tensor=N).", file=sys.stderr)
     print(json.dumps(result))

@@ -71,3 +71,22 @@ def test_a_step_that_does_not_fit_fails_clearly_naming_the_buffers():
     assert result["fits"] is False and result["needed_gib"] > result["hbm_limit_gib"] > 10
     assert "does not fit: v5litepod-4 = v5e:2x2" in proc.stderr
     assert "Largest buffers:" in proc.stderr and "GiB per chip" in proc.stderr
+
+
+@pytest.mark.skipif(not os.path.exists(TPU_PYTHON), reason="no .venv-tpu")
+def test_tiny_grpo_recipe_compiles_its_rollout_and_update():
+    """GRPO (tiny VLM): the rollout sampler over the global batch and the policy update (batch with the
+    sampler's log-probs and the rewards) both compile on the FSDP mesh, and both are reported."""
+    proc = aot_compile(
+        "--config", "configs/rl/grpo.py:size=tiny",
+        "--topology", "v5e:2x2", "--batch", "16",
+        "--set", "rl.prompt_len=128", "--set", "rl.max_new_tokens=8",
+        "--set", "mesh.data=1", "--set", "mesh.fsdp=-1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["step"] == "grpo" and result["model"] == "vlm"
+    assert result["fits"] and result["update_fits"] and result["rollout_fits"]
+    assert result["seq"] == 128 + 8 and result["batch"] == 16   # --seq defaults to prompt + new tokens
+    assert 0 < result["rollout_peak_gib"] < 1 and 0 < result["peak_gib"] < 1
+    assert result["rollout_compile_s"] > 0 and result["compile_s"] > 0
+    assert "rollout: 16 × (128 prompt + 8 new tokens)" in proc.stdout
