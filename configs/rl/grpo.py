@@ -12,7 +12,8 @@ line) and makes ``updates`` (μ) updates of the clipped GRPO objective (:mod:`ma
 group-normalised advantages, ε = 0.2, k3 KL to the reference with weight ``beta``). ``curriculum=1``
 starts on complexity level 0 and adds a level every quarter of the steps; ``problems=N`` draws
 from the first N training problems only. ``rollouts.jsonl`` in the
-workdir keeps the first rollouts of every step.
+workdir keeps the first rollouts of every step. ``method=sft`` is the control: the same start, data,
+evaluation and schedule, trained on the engine's answers (``prompts`` rows a step).
 
 ``size=tiny``: the model, tokenizer, template, families and answer form are those of the ``init`` run
 (its ``config.json``; e.g. the demo's instruct stage: letter answers, so no reasoning is asked); the
@@ -30,6 +31,7 @@ from mathvlm import config as mc
 from mathvlm import recipes
 
 SIZES = ("tiny", "7b")
+METHODS = ("grpo", "sft")  # sft: the control — as many supervised steps on as many problems
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -45,11 +47,12 @@ def _from_run(init: str) -> ConfigDict | None:
 def get_config(arg=None):
     arg = mc.parse_arg(arg, size="tiny", init="", hf="", steps=0, prompts=0, group=8, updates=1,
                        temperature=1.0, beta=0.0, lr=0.0, format_weight=0.0, curriculum=0,
-                       version="mixed", problems=0, eval_examples=64)
+                       version="mixed", problems=0, eval_examples=64, method="grpo")
     recipes.check_size(arg.size, SIZES)
+    if arg.method not in METHODS:
+        raise mc.ConfigError(f"method={arg.method!r}; methods: {METHODS}")
     config = mc.defaults()
-    config.name = f"rl/grpo ({arg.size})"
-    config.train.step = "grpo"
+    config.name = f"rl/{arg.method} ({arg.size})"
     config.init.checkpoint = arg.init
     if arg.size == "tiny":
         run = _from_run(arg.init)
@@ -94,6 +97,12 @@ def get_config(arg=None):
     data.num_examples = arg.problems or (20_000 if arg.curriculum else 1_000_000)
     config.data = data
     config.train.steps = steps
+    if arg.method == "sft":  # the engine's answers as targets: as many problems per step, no sampling
+        data.update({"batch_size": prompts, "seq_len": 400 if letters else data.seq_len,
+                     "length_buckets": (200, 300, 400) if letters else None})
+        config.train.log_every = 10
+        return mc.finalize(config)
+    config.train.step = "grpo"
     config.train.log_every = 1
     config.train.step_options = ConfigDict({"updates": arg.updates, "temperature": arg.temperature,
                                             "reference_model": reference})
