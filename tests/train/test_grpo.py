@@ -136,6 +136,7 @@ def test_grpo_resume_is_bit_exact(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.long
 def test_two_processes_draw_the_batches_one_process_draws(tmp_path):
     """2 processes × 4 devices and 1 process × 8 devices: the same rollouts (logged by process 0:
     the first rows of the global batch), the same rewards and losses per step."""
@@ -158,3 +159,21 @@ def test_two_processes_draw_the_batches_one_process_draws(tmp_path):
         for key in ("rollout/reward_mean", "rollout/accuracy", "rollout/completion_tokens"):
             assert x[key] == y[key], key
         np.testing.assert_allclose(x["loss"], y["loss"], rtol=1e-5)
+
+
+def test_curriculum_asks_the_levels_in_force():
+    """``curriculum=1``: level 0 first, one more level each quarter of the steps."""
+    from mathvlm.train.rollout import RolloutStream
+
+    config = mc.load(f"{GRPO}:size=tiny,steps=8,prompts=4,group=2,curriculum=1,problems=300,eval_examples=0")
+    mc.override(config, "data.families", "('function',)")
+    stream = RolloutStream(config, trainer=None)
+    levels = stream.source.levels
+    assert set(np.unique(levels)) == {0, 1, 2, 3}
+    for step in range(8):
+        assert stream.max_level(step) == step // 2
+        asked = stream.problems(step)
+        assert len(asked) == 4 and max(levels[asked]) <= step // 2
+    for level in range(4):  # each pool holds exactly the problems at or below its level
+        assert set(np.unique(levels[stream._pools[level]])) == set(range(level + 1))
+    assert stream.problems(3) != stream.problems(2)      # the pool is walked, not repeated
