@@ -67,7 +67,7 @@ def get_config(arg=None):
         prompts, steps = arg.prompts or 8, arg.steps or 60
         rl = {"prompt_len": 192, "max_new_tokens": 16 if letters else 160, "top_p": 1.0, "top_k": 0}
         config.train.trainable = "projector,decoder"
-        config.optim.update({"lr": arg.lr or 2e-4, "warmup_steps": 5, "weight_decay": 0.0,
+        config.optim.update({"lr": arg.lr or 1e-4, "warmup_steps": 5, "weight_decay": 0.0,
                              "schedule": "constant"})
         reference = "copy" if arg.beta else "none"
         families = tuple(data.families)

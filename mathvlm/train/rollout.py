@@ -241,6 +241,14 @@ class RolloutStream:
             "rollout/truncated": float(np.mean(all_lengths >= T)),
             **{f"rollout/{name}": float(np.mean(values)) for name, values in terms.items()},
             **{f"rollout/reasons/{reason}": count / len(total) for reason, count in sorted(reasons.items())}}
+        # Per version: where the groups carry no signal (all right, or all wrong) and why.
+        versions = np.asarray([r.get("version", "") for r in records[::G]])
+        correct = np.asarray(checks["correct"], np.float64).reshape(-1, G)
+        for version in sorted(set(versions)):
+            rows = versions == version
+            self.last_metrics[f"rollout/version/{version}/accuracy"] = float(correct[rows].mean())
+            self.last_metrics[f"rollout/version/{version}/zero_advantage"] = float(
+                np.mean(np.ptp(grouped[rows], axis=1) == 0))
         if self.max_level(step) is not None:
             self.last_metrics["rollout/max_level"] = float(self.max_level(step))
         self._log(step, records, completions, total, checks)

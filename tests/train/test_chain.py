@@ -84,7 +84,8 @@ def test_demo_chain_reads_its_pictures(tmp_path):
     vision-dominant accuracy beats the same questions blind, with another problem's picture and chance
     (25%) — the summary ends with those controls; alignment calibrates the tower's features and trains
     projector and LLM only (the tower stays CLIP-Math's, the LLM moves away from the text stage's);
-    re-running the command resumes and trains nothing."""
+    re-running the command resumes and trains nothing; from its instruction-tuned stage, GRPO ends
+    below as many supervised steps (the README's GRPO result, reduced)."""
     run_chain(SPEC, tmp_path)
     config = mc.load(SPEC)
     stages = {stage["name"]: stage for stage in config.stages}
@@ -118,6 +119,22 @@ def test_demo_chain_reads_its_pictures(tmp_path):
     # The same command again finds every stage finished and trains nothing.
     again = run_chain(SPEC, tmp_path)
     assert "resumed from step" in again.stderr
+
+    # The README's GRPO result at a reduced budget, from this instruction-tuned stage: as many
+    # supervised steps on the same problems end higher, and GRPO's vision-only groups carry no
+    # advantage (the start answers those questions with nothing, every sample alike).
+    from mathvlm.experiments import grpo_toy
+
+    rl = tmp_path / "rl"
+    for method in grpo_toy.METHODS:
+        done = subprocess.run(grpo_toy.command(str(tmp_path / "instruct"), 60, method, 0,
+                                               str(rl / f"{method}_s0"), "eval_examples=16"),
+                              cwd=ROOT, capture_output=True, text=True, timeout=1500)
+        assert done.returncode == 0, done.stderr[-3000:]
+    toy = grpo_toy.summarize(str(rl), 1)
+    assert toy["sft"]["end"][0] > toy["grpo"]["end"][0], toy
+    key = "rollout/version/vision_only/zero_advantage"
+    assert np.mean([r[key] for r in toy["grpo"]["rollout"][0] if key in r]) >= 0.9
 
 
 CHAIN = '''

@@ -103,6 +103,8 @@ def test_grpo_raises_the_reward_on_a_repeated_prompt_set(tmp_path):
     for key in ("grpo/clip_fraction", "grpo/zero_advantage_groups", "rollout/completion_tokens",
                 "rollout/format_rate", "rollout/accuracy", "rollout/group_reward_std", "grad_norm"):
         assert any(key in r for r in records), key
+    per_version = [k for k in records[-1] if k.startswith("rollout/version/") and k.endswith("/zero_advantage")]
+    assert per_version and all(0.0 <= records[-1][k] <= 1.0 for k in per_version)
     lines = [json.loads(line) for line in open(tmp_path / "rollouts.jsonl")]
     assert {r["step"] for r in lines} == set(range(30)) and all("completion" in r for r in lines)
 
