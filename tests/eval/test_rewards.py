@@ -183,7 +183,8 @@ def test_length_penalty_rejects_nonpositive_max():
 
 
 def test_registry_and_reward_type():
-    assert registry.names("reward") == sorted(REWARDS)
+    # other tests may register rewards of their own in the same process
+    assert set(REWARDS) <= set(registry.names("reward"))
     assert registry.get("reward", "correct") is correct_reward
     assert registry.get("reward", "format") is format_reward
     assert registry.get("reward", "length") is length_penalty
