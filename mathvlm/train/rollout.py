@@ -203,11 +203,12 @@ class RolloutStream:
         step, model, G = self.step, self.trainer.model, self.group_size
         # Every process scores every row (cheap next to sampling), so metrics and rollouts.jsonl
         # describe the global batch and each process keeps its own rows' rewards.
-        records = [self.source.problem(i) for i in self.problems(step) for _ in range(G)]
+        asked = [self.source.problem(i) for i in self.problems(step)]  # rendered once per prompt
+        records = [record for record in asked for _ in range(G)]
         rows = self.local_prompts * G
         mine = slice(self.process_index * rows, (self.process_index + 1) * rows)
-        prompts = {k: np.repeat(v, G, axis=0)
-                   for k, v in self._prompt_rows(records[mine][::G], model).items()}
+        local = slice(self.process_index * self.local_prompts, (self.process_index + 1) * self.local_prompts)
+        prompts = {k: np.repeat(v, G, axis=0) for k, v in self._prompt_rows(asked[local], model).items()}
         tokens, lengths, logprobs = self.sample(model, prompts, step)
         all_tokens, all_lengths = _gather(tokens), _gather(lengths)
         completions = self.decode(all_tokens, all_lengths)
@@ -242,7 +243,7 @@ class RolloutStream:
             **{f"rollout/{name}": float(np.mean(values)) for name, values in terms.items()},
             **{f"rollout/reasons/{reason}": count / len(total) for reason, count in sorted(reasons.items())}}
         # Per version: where the groups carry no signal (all right, or all wrong) and why.
-        versions = np.asarray([r.get("version", "") for r in records[::G]])
+        versions = np.asarray([r.get("version", "") for r in asked])
         correct = np.asarray(checks["correct"], np.float64).reshape(-1, G)
         for version in sorted(set(versions)):
             rows = versions == version
