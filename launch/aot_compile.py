@@ -213,8 +213,8 @@ def compile_train_step(config, devices, batch: int, seq: int) -> dict:
     import jax
     from flax import nnx
 
-    from mathvlm import registry, sharding
-    from mathvlm.train import optim
+    from mathvlm import sharding
+    from mathvlm.train import optim, steps
     from mathvlm.train.build import make_model_and_optimizer
     from mathvlm.train.loop import make_train_step, peak_bytes
 
@@ -236,9 +236,7 @@ def compile_train_step(config, devices, batch: int, seq: int) -> dict:
                          abstract_state, shardings)
     batch_struct, passes = batch_structs(config, mesh, batch, seq)
     # DPO's frozen reference is a second copy of the model's state, placed like it.
-    needs_reference = getattr(registry.get("step", config.train.step), "needs_reference",
-                              lambda config: False)(config)
-    reference = state[0] if needs_reference else None
+    reference = state[0] if steps.needs_reference(config) else None
     step = make_train_step(config, graphdef, model_graphdef, trainable)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract[0], nnx.Param)))
     trainable_params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract[0], trainable)))

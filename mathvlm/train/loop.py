@@ -22,7 +22,7 @@ from mathvlm import registry, sharding
 from mathvlm.data import pipeline
 from mathvlm.losses import make_loss
 from mathvlm.models.vlm import merge_moments
-from mathvlm.train import optim
+from mathvlm.train import optim, steps
 from mathvlm.train.checkpoint import Checkpointer
 from mathvlm.train.build import init_model
 from mathvlm.data.sources import SKIP_REASONS
@@ -95,9 +95,8 @@ class Trainer:
             optimizer = nnx.Optimizer(model, tx, wrt=self.trainable)  # moments placed like parameters
         # DPO's reference: a frozen copy of the model as initialised (before any update or resume).
         model_graphdef, model_state = nnx.split(model)
-        needs_reference = getattr(registry.get("step", config.train.step), "needs_reference",
-                                  lambda config: False)(config)
-        self.reference_state = jax.tree.map(lambda x: x.copy(), model_state) if needs_reference else None
+        self.reference_state = (jax.tree.map(lambda x: x.copy(), model_state)
+                                if steps.needs_reference(config) else None)
         self.graphdef, self.state = nnx.split((model, optimizer))
         train_step = make_train_step(config, self.graphdef, model_graphdef, self.trainable)
         shardings = jax.tree.map(lambda x: x.sharding, self.state)

@@ -20,6 +20,12 @@ from mathvlm import registry
 from mathvlm.losses import sequence_logps, token_logps
 
 
+def needs_reference(config) -> bool:
+    """Whether the config's step kind trains against a frozen copy of the starting model."""
+    step = registry.get("step", config.train.step)
+    return bool(getattr(step, "needs_reference", lambda config: False)(config))
+
+
 def forward(model, batch, prefix: str = ""):
     """Logits of one member of a batch (``prefix`` = "", "strong_", "chosen_", ...), with its images,
     segment ids and positions when the batch carries them."""
