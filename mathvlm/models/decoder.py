@@ -212,13 +212,21 @@ class DecoderLM(nnx.Module):
         out = self.hidden(tokens, positions=positions, attention_mask=attention_mask,
                           inputs_embeds=inputs_embeds, cache=cache, segment_ids=segment_ids)
         h, new_cache = (out, None) if cache is None else out
+        logits = self.unembed(h)
+        return logits if cache is None else (logits, new_cache)
+
+    def unembed(self, h: jax.Array) -> jax.Array:
+        """float32 logits ``[..., vocab]`` of final-norm hidden states ``h [..., embed]``: the LM head
+        (or the tied table) exactly as :meth:`__call__` applies it, so a chunked loss can call it on a
+        slice of positions at a time."""
         if self.lm_head is None:
             logits = self.embed_tokens.attend(h)
         else:
             # float32 straight from the accumulator: a bf16 round trip of logits costs accuracy.
             logits = self.lm_head(h, out_dtype=jnp.float32)
-        logits = constrain(logits, ("batch", "length", "act_vocab"))
-        return logits if cache is None else (logits, new_cache)
+        if logits.ndim == 3:
+            logits = constrain(logits, ("batch", "length", "act_vocab"))
+        return logits
 
     def hidden(self, tokens: jax.Array | None = None, *, positions=None, attention_mask=None,
                inputs_embeds=None, cache: dict | None = None, segment_ids=None):
