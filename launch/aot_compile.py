@@ -83,8 +83,7 @@ def vlm_model(spec: str, config, projector: str):
     if not sep or vision not in VIT_PRESETS or decoder not in DECODER_PRESETS:
         raise SystemExit(f"--vlm {spec!r}: give VISION:DECODER presets; vision presets: "
                          f"{', '.join(VIT_PRESETS)}; decoder presets: {', '.join(DECODER_PRESETS)}")
-    options = {k: v for k, v in config.model.to_dict().items()
-               if k in ("dtype", "param_dtype", "scan_layers", "remat")}
+    options = decoder_options(config.model)
     vocab = DECODER_PRESETS[decoder]["vocab_size"]
     # The placeholder id only has to be a non-text id: the first one past the vocabulary, as LLaVA-HF.
     fields = {"projector": projector, "feature_layer": -2, "feature_strategy": "drop_first",
@@ -101,7 +100,45 @@ def vlm_model(spec: str, config, projector: str):
         raise SystemExit(f"--vlm {spec}: the recipe's data.num_image_tokens={data.num_image_tokens} but "
                          f"{vision} gives {shapes.tokens_per_image} tokens per image")
     return mc.ConfigDict({"name": "vlm", "vision_preset": vision, "decoder_preset": decoder,
-                          "decoder": options, **fields})
+                          "decoder": options, "vision": dict(config.model.get("vision", {}) or {}),
+                          **fields})
+
+
+# Options a recipe's model passes to the decoder it builds (the loader's build options).
+DECODER_OPTIONS = ("dtype", "param_dtype", "scan_layers", "remat", "attention_impl")
+
+
+def decoder_options(model) -> dict:
+    return {k: v for k, v in model.to_dict().items() if k in DECODER_OPTIONS}
+
+
+def apply_step_options(config, attention: str, remat: str, vision_remat: str, logits_chunk) -> None:
+    """``--attention / --remat / --vision-remat / --logits-chunk`` onto the (possibly swapped) model and
+    step: the decoder's options sit at the top of ``config.model`` (decoder_lm, hf) or in its
+    ``decoder`` dict (vlm); the tower's in its ``vision`` dict."""
+    from mathvlm import config as mc
+
+    model = config.model
+    if model.name == "vlm" and "decoder" not in model:
+        model.decoder = mc.ConfigDict({})
+    decoder = model.decoder if model.name == "vlm" else model
+    if attention:
+        decoder.attention_impl = attention
+    if remat:
+        decoder.remat = remat
+    if attention or vision_remat:
+        if model.name not in ("vlm", "hf"):
+            if vision_remat:
+                raise SystemExit(f"--vision-remat: model {model.name!r} has no image tower")
+        else:
+            vision = dict(model.get("vision", {}) or {})
+            if attention:
+                vision["attention_impl"] = attention
+            if vision_remat:
+                vision["remat"] = vision_remat
+            model.vision = mc.ConfigDict(vision)
+    if logits_chunk is not None:
+        config.train.logits_chunk = int(logits_chunk)
 
 
 def batch_structs(config, mesh, batch: int, seq: int) -> tuple[dict, int]:
@@ -281,6 +318,11 @@ def compile_train_step(config, devices, batch: int, seq: int) -> dict:
         # XLA's count visits a while loop's body once: with scan_layers this is about one layer's
         # share of the step (plus the unscanned image tower), far below the whole step's FLOPs.
         tflops_per_device_step=float(cost.get("flops", 0.0)) / 1e12)
+    # Pallas kernels (splash attention) appear as TPU custom calls in the compiled program.
+    result["tpu_custom_calls"] = compiled.as_text().count("tpu_custom_call")
+    if cost.get("optimal_seconds", 0) > 0:   # the cost model reports nonsense (< 0) for some programs
+        # The TPU compiler's cost-model time for the same ops its FLOP count covers.
+        result["optimal_seconds"] = float(cost["optimal_seconds"])
     return result
 
 
@@ -348,7 +390,7 @@ def main(argv=None) -> None:
     flags.FLAGS.mark_as_parsed()
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True, help="recipe, e.g. configs/mavis/instruct.py:size=7b")
     parser.add_argument("--topology", default="v5e:2x2", help=tpu_topology.EXAMPLES)
     parser.add_argument("--preset", default="", help="decoder preset replacing the recipe's model")
     parser.add_argument("--vlm", default="", metavar="VISION:DECODER",
@@ -359,8 +401,23 @@ def main(argv=None) -> None:
     parser.add_argument("--seq", type=int, default=0, help="sequence length (default: data.seq_len)")
     parser.add_argument("--step-time", type=float, default=0.0,
                         help="seconds per step: report the MFU it implies on this topology")
+    parser.add_argument("--attention", default="", choices=("", "auto", "xla", "cudnn", "splash"),
+                        help="attention implementation of the decoder and the image tower")
+    parser.add_argument("--remat", default="", help="decoder remat policy (none, full, dots_saveable, "
+                        "dots_with_no_batch_dims, offload)")
+    parser.add_argument("--vision-remat", default="", help="image tower remat policy (VLMs)")
+    parser.add_argument("--logits-chunk", type=int, default=None,
+                        help="positions per chunk of the loss' logits (0: full [batch, L, vocab] logits)")
+    parser.add_argument("--table", action="store_true",
+                        help="compile every real recipe and print the fit table (launch/fit_table.py)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set mesh.fsdp=-1 --set sharding.rules=fsdp_tp")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--table" in argv:
+        import fit_table
+
+        fit_table.main(argv)
+        return
     args = parser.parse_args(argv)
     if args.preset and args.vlm:
         parser.error("give --preset (decoder) or --vlm (VLM), not both")
@@ -373,8 +430,7 @@ def main(argv=None) -> None:
 
     config = load_config(args.config, swap_model=bool(args.preset or args.vlm))
     config.unlock()
-    options = {k: v for k, v in config.model.to_dict().items()
-               if k in ("dtype", "param_dtype", "scan_layers", "remat")}
+    options = decoder_options(config.model)
     if args.preset:
         config.model = mc.ConfigDict({"name": "decoder_lm", "preset": args.preset, **options})
     elif args.vlm:
@@ -385,6 +441,7 @@ def main(argv=None) -> None:
     if args.preset or args.vlm:
         config.init.hf = ""
         config.init.checkpoint = ""
+    apply_step_options(config, args.attention, args.remat, args.vision_remat, args.logits_chunk)
     for item in args.set:
         key, _, value = item.partition("=")
         mc.override(config, key, value)
@@ -413,6 +470,9 @@ def main(argv=None) -> None:
         if args.step_time:
             result["mfu_at_step_time"] = (result["tflops_per_device_step"] / args.step_time
                                           / topology.generation.peak_bf16_tflops)
+        if result.get("optimal_seconds"):
+            result["implied_mfu"] = (result["tflops_per_device_step"] / result["optimal_seconds"]
+                                     / topology.generation.peak_bf16_tflops)
         print(f"{topology.describe()}\n{result['params'] / 1e9:.2f}B params "
               f"({result['trainable_params'] / 1e9:.3f}B trainable), batch {batch} × {seq}, mesh "
               f"{result['mesh']}, compile {result['compile_s']} s; per chip: peak {result['peak_gib']:.2f}"

@@ -1,7 +1,7 @@
 """Run a recipe on every worker of a Cloud TPU pod slice (TPU VMs), from a config and a topology:
 
     python launch/tpu_pod.py --config configs/math_puma/kl_align.py:size=7b,hf=/ckpt/puma-qwen2-7b \\
-        --topology v5p-128 --tpu-name my-pod --zone us-east5-a --workdir /mnt/runs/puma2_7b \\
+        --topology v5p-128 --tpu-name my-pod --zone us-east5-a --workdir gs://my-bucket/runs/puma2_7b \\
         --config.mesh.data=1 --config.mesh.fsdp=-1 --dry-run
 
 It checks on this machine, before any TPU time is spent, that the topology exists, that the config
@@ -13,6 +13,10 @@ already copied there), set up ``.venv-tpu`` from ``requirements-tpu.txt`` (jax w
 ``MATHVLM_DISTRIBUTED=auto`` (``mathvlm/distributed.py``: ``jax.distributed.initialize()`` reads the
 slice from the TPU metadata, one process per host) and run ``python -m mathvlm.main``. Nothing here
 touches the network except the gcloud command it runs.
+
+``--workdir`` must be storage every worker reaches: ``gs://BUCKET/PATH`` (orbax writes the checkpoints
+there directly; metrics and TensorBoard events are mirrored to it, see mathvlm/train/metrics.py) or a
+directory all workers mount (NFS, gcsfuse).
 """
 
 from __future__ import annotations
@@ -147,7 +151,8 @@ def main(argv=None) -> int:
     parser.add_argument("--project", default="", help="gcloud project (default: gcloud's own)")
     parser.add_argument("--workdir", default="",
                         help="run directory on the workers (default runs/<recipe>); it must be storage "
-                             "every worker shares (a gcsfuse / NFS mount) so checkpoints are whole")
+                             "every worker shares so checkpoints are whole: gs://BUCKET/PATH, or a "
+                             "directory all workers mount (NFS, gcsfuse)")
     parser.add_argument("--repo-url", default="", help="git URL each worker clones / updates")
     parser.add_argument("--ref", default="", help="commit or branch to check out (with --repo-url)")
     parser.add_argument("--repo-dir", default=REPO_DIR, help="checkout location on the workers")
@@ -163,13 +168,14 @@ def main(argv=None) -> int:
     if bad_env:
         parser.error(f"--env {bad_env}: give NAME=VALUE")
 
-    if "://" in args.workdir:
-        # mathvlm.main makes and checks the run directory with local file calls (os.makedirs).
-        raise LaunchError(f"--workdir {args.workdir}: mathvlm.main writes through the file system; mount "
-                          "the bucket on every worker (gcsfuse) and give the mount path, e.g. "
-                          "/mnt/gcs/runs/x")
     config, topology, mesh = validate(args.config, overrides, args.topology)
     from mathvlm import config as mc
+    from mathvlm import workdir as wd
+
+    try:  # a gs:// workdir: its scheme, bucket name and the job (the workers check the rest)
+        args.workdir = wd.check_paths(config, args.workdir or None) or ""
+    except wd.WorkdirError as e:
+        raise LaunchError(str(e))
 
     # Default: runs/<recipe path under configs/ with "_" for "/">, relative to the checkout.
     recipe = os.path.splitext(os.path.relpath(mc.split_spec(args.config)[0], "configs"))[0]
@@ -183,7 +189,8 @@ def main(argv=None) -> int:
           + (f"; mesh {mesh}, global batch {config.data.batch_size}" if mesh else ""), file=sys.stderr)
     if topology.hosts > 1 and not args.workdir:
         print(f"# warning: workdir {workdir} is each worker's own disk; multi-host checkpoints need "
-              "storage all workers share (--workdir on a gcsfuse or NFS mount)", file=sys.stderr)
+              "storage all workers share (--workdir gs://BUCKET/PATH, or an NFS / gcsfuse mount)",
+              file=sys.stderr)
     if args.dry_run:
         print(shlex.join(cmd))
         return 0

@@ -109,6 +109,9 @@ def defaults() -> ConfigDict:
         "log_every": 10,
         "trainable": "all",              # parameter filter (module-path patterns)
         "max_nonfinite": 5,              # consecutive non-finite steps (skipped) before stopping
+        # positions per chunk of the token steps' logits: 0 materialises [batch, length, vocab]
+        # float32 logits; > 0 computes them a chunk at a time inside the loss (never all at once)
+        "logits_chunk": 0,
         "peak_tflops": 0.0,              # the devices' summed peak, for the logged MFU (0: not logged)
         # batches measuring a VLM's image-feature statistics at a fresh start (model.feature_norm)
         "calibrate_image_features": 0,
@@ -159,6 +162,15 @@ def write_config(config: ConfigDict, workdir: str) -> str:
 
     import jax  # deferred: this module stays importable without JAX
 
+    from mathvlm.workdir import is_remote, remote_url  # deferred: mathvlm.workdir imports this module
+
+    if is_remote(workdir):  # gs://: one object, written through etils.epath
+        from etils import epath
+
+        path = f"{remote_url(workdir)}/config.json"
+        if jax.process_index() == 0:
+            epath.Path(path).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
+        return path
     path = os.path.join(workdir, "config.json")
     if jax.process_index() == 0:
         with open(path, "w") as f:
@@ -172,6 +184,12 @@ def load_run_config(location: str) -> ConfigDict:
     (the type configs use for sequences)."""
     import json
 
+    from mathvlm.workdir import is_remote, url_scheme  # deferred: mathvlm.workdir imports this module
+
+    if is_remote(location):
+        raise ConfigError(f"{location}: reading a run from {url_scheme(location)}:// is not supported here "
+                          "(its checkpoints are read with local file calls); copy the run to a local "
+                          "directory first (gcloud storage cp -r URL DIR) or read it through a gcsfuse mount")
     location = os.path.abspath(location)
     candidates = [location, os.path.dirname(location), os.path.dirname(os.path.dirname(location))]
     for folder in candidates:
@@ -274,9 +292,25 @@ def preflight(argv: Sequence[str]) -> ConfigDict | None:
 
 
 def main_guard(argv: Sequence[str]) -> None:
-    """Run :func:`preflight` and exit with a one-line message (code 2) on a config error."""
+    """Run :func:`preflight` (and :func:`mathvlm.workdir.check_paths` on ``--workdir``) and exit with a
+    one-line message (code 2) on a config error."""
+    from mathvlm.workdir import check_paths  # deferred: mathvlm.workdir imports this module
+
     try:
-        preflight(argv)
+        config = preflight(argv)
+        if config is not None:
+            check_paths(config, _flag(argv, "workdir"))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _flag(argv: Sequence[str], name: str) -> str | None:
+    """The value of ``--name=value`` / ``--name value`` in ``argv`` (the last one given), or None."""
+    value = None
+    for i, a in enumerate(argv):
+        if a.startswith(f"--{name}="):
+            value = a.split("=", 1)[1]
+        elif a == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value

@@ -15,17 +15,26 @@ from ml_collections import config_flags
 
 from mathvlm import config as mc
 from mathvlm import registry, sharding
+from mathvlm import workdir as wd
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/demo.py or configs/x.py:size=tiny.",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, checkpoints.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, checkpoints; "
+                                "a local path or gs://BUCKET/PATH.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def prepare_workdir(workdir: str) -> str:
-    """Create the run directory and prove it is writable before any expensive work starts."""
-    workdir = os.path.abspath(workdir)
+def prepare_workdir(workdir: str, job: str = "train") -> str:
+    """Create the run directory and prove it is writable before any expensive work starts. A
+    ``gs://BUCKET/PATH`` workdir is checked (job, installed packages) and probed with one small object,
+    and stays a URL (:func:`mathvlm.workdir.prepare_remote_workdir`)."""
+    if wd.is_remote(workdir):
+        try:
+            return wd.prepare_remote_workdir(workdir, job=job)
+        except wd.WorkdirError as e:
+            raise SystemExit(str(e)) from None
+    workdir = os.path.abspath(wd.local_path(workdir))
     try:
         os.makedirs(workdir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_check_"):
@@ -44,7 +53,11 @@ def _say(message: str) -> None:
 
 def run(config, workdir: str):
     """Run ``config.job`` in ``workdir``; returns whatever the job returns (e.g. final metrics)."""
-    workdir = prepare_workdir(workdir)
+    try:
+        wd.check_paths(config, workdir)
+    except wd.WorkdirError as e:
+        raise SystemExit(str(e)) from None
+    workdir = prepare_workdir(workdir, job=config.get("job", "train"))
     mc.write_config(config, workdir)
     mesh = sharding.make_mesh(config.mesh)
     _say(f"workdir {workdir}; mesh {dict(mesh.shape)} over {mesh.size} devices; "

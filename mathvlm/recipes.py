@@ -94,17 +94,30 @@ def real_size(config) -> None:
     ``--config.mesh.*`` / ``--config.sharding.rules`` (e.g. ``fsdp_tp`` with ``mesh.tensor``)."""
     config.mesh.update({"data": 1, "fsdp": -1, "tensor": 1})
     config.sharding.rules = "fsdp"
+    if config.train.step in TOKEN_STEPS:
+        # Logits a chunk of positions at a time: [batch, L, vocab] float32 logits are 1.2 GiB per
+        # sequence of 2048 tokens at Qwen2's 152K vocabulary, more than a 7B layer's activations.
+        config.train.logits_chunk = LOGITS_CHUNK
+
+
+# The step kinds whose losses read token log-probs (they take train.logits_chunk).
+TOKEN_STEPS = ("next_token", "pair", "preference", "grpo")
+LOGITS_CHUNK = 512
 
 
 def real_vlm(hf: str) -> ConfigDict:
     """A real-size VLM loaded from a local LLaVA-format transformers folder, bf16 compute over f32
-    master weights, layers scanned and rematerialised (compile time and memory at 7B/13B)."""
+    master weights, the decoder's layers scanned, both towers' layers rematerialised (compile time and
+    memory at 7B/13B); attention is the platform's fused kernel (the models' ``attention_impl="auto"``)."""
     if not hf:
         raise mc.ConfigError("real sizes need hf=<local LLaVA-format transformers folder> (image tower, "
                              "projector and LLM; assemble one from released parts with `python -m mathvlm.convert "
                              "build-vlm --vision DIR --llm DIR --projector KIND --out DIR`)")
     return ConfigDict({"name": "hf", "dtype": "bfloat16", "param_dtype": "float32",
-                       "scan_layers": True, "remat": True})
+                       "scan_layers": True, "remat": "full",
+                       # The tower unscanned: its parameters keep the per-layer layout of CLIP-Math's
+                       # stage-1 checkpoint, which initialises it.
+                       "vision": {"remat": "full"}})
 
 
 def folder_geometry(hf: str, image_size: int, num_image_tokens: int) -> tuple[int, int]:

@@ -189,15 +189,22 @@ def use_rules(rules):
         _ACTIVE_RULES.reset(token)
 
 
-def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
-    """Sharding hint for an activation, by logical names. A no-op unless a mesh (``jax.set_mesh``)
-    and rules (:func:`use_rules`) are active, so model code can call it unconditionally."""
+def activation_spec(shape: Sequence[int], logical: Sequence[str | None]) -> P | None:
+    """The PartitionSpec an activation of ``shape`` with ``logical`` names gets under the active mesh
+    and rules, or None when model code runs without them (eager, single device). For code that must
+    name its shardings itself, e.g. a kernel wrapped in ``jax.shard_map``."""
     rules = _ACTIVE_RULES.get()
     mesh = jax.sharding.get_abstract_mesh()
     if rules is None or mesh is None or mesh.empty:
-        return x
-    spec = logical_to_mesh(logical, rules, shape=x.shape, mesh=mesh)
-    return jax.lax.with_sharding_constraint(x, spec)
+        return None
+    return logical_to_mesh(logical, rules, shape=shape, mesh=mesh)
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
+    """Sharding hint for an activation, by logical names. A no-op unless a mesh (``jax.set_mesh``)
+    and rules (:func:`use_rules`) are active, so model code can call it unconditionally."""
+    spec = activation_spec(x.shape, logical)
+    return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
 
 
 def _is_variable(x) -> bool:

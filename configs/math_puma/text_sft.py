@@ -44,7 +44,7 @@ def get_config(arg=None):
         config.seed = 3407
         config.init.hf = arg.hf
         config.model = mc.ConfigDict({"name": "hf", "dtype": "bfloat16", "param_dtype": "float32",
-                                      "scan_layers": True, "remat": True})
+                                      "scan_layers": True, "remat": "full"})
         config.data = mc.ConfigDict({"source": "conversations", "format": "puma_rows", "path": arg.data,
                                      "tokenizer": arg.hf, "template": "chatml", "batch_size": 128,
                                      "seq_len": 2048, "shuffle": True, "max_bad_fraction": 0.01,

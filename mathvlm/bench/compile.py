@@ -78,7 +78,7 @@ def large_config(preset: str, *, quick: bool):
     config.name = f"bench: {preset} compile"
     config.mesh.data = 1
     config.model = mc.ConfigDict({"name": "decoder_lm", **fields, "dtype": "bfloat16",
-                                  "param_dtype": "float32", "scan_layers": True, "remat": True})
+                                  "param_dtype": "float32", "scan_layers": True, "remat": "full"})
     return config
 
 

@@ -94,7 +94,12 @@ def from_pretrained(path: str | os.PathLike, *, mesh=None, rules=None, rename_ke
     """Load a local HF folder into the matching mathvlm model.
 
     ``options`` go to the format's ``build`` (for decoders: ``dtype``, ``param_dtype``,
-    ``scan_layers``, ``remat`` and other :class:`~mathvlm.models.decoder.DecoderConfig` overrides).
+    ``scan_layers``, ``remat`` and other :class:`~mathvlm.models.decoder.DecoderConfig` overrides;
+    for a LLaVA VLM the same apply to its language model, and ``vision={"scan_layers": True,
+    "remat": "full"}`` — :data:`mathvlm.hf.vision.VISION_BUILD_OPTIONS`: ``scan_layers``, ``remat``,
+    ``dtype``, ``param_dtype`` — to its image tower; CLIP/SigLIP towers and dual encoders take the
+    same ``vision`` dict). ``remat`` is a policy name of :mod:`mathvlm.models.remat` (True/False
+    mean ``full``/``none``).
     With ``mesh`` and ``rules`` every parameter is placed sharded as it is read. ``rename_keys``
     (``{old_prefix: new_prefix}`` or a callable ``key -> key | None``) renames checkpoint keys before
     they are matched, for files with a non-standard layout; the key prefixes of other transformers

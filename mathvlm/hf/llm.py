@@ -177,12 +177,23 @@ def decoder_weights(c: DecoderConfig, *, hf_prefix: str = "model.", head_key: st
     return specs
 
 
+def decoder_build_options(c: DecoderConfig) -> dict[str, Any]:
+    """Build options beyond config.json that recreate a decoder's layout: dtypes, ``scan_layers`` and
+    the ``remat`` policy name (older records may hold true/false: DecoderConfig reads them as
+    ``full`` / ``none``)."""
+    return {"param_dtype": c.param_dtype, "dtype": c.dtype, "scan_layers": c.scan_layers,
+            "remat": c.remat}
+
+
 @register_hf("llama", "mistral", "qwen2", classes=(DecoderLM,))
 class DecoderFormat(HFFormat):
     # Old LLaMA checkpoints store the rotary frequencies; tied models may still carry lm_head.
     ignore_suffixes = ("rotary_emb.inv_freq",)
 
     def build(self, hf_config, *, rngs: nnx.Rngs | None = None, **overrides) -> DecoderLM:
+        if "vision" in overrides:
+            raise ValueError(f"image-tower options vision={overrides['vision']!r} given for a "
+                             f"{hf_config.get('model_type')!r} language model, which has no image tower")
         return DecoderLM(config_from_hf(hf_config, **overrides), rngs=rngs or nnx.Rngs(0))
 
     def weights(self, model: DecoderLM):
@@ -192,9 +203,7 @@ class DecoderFormat(HFFormat):
         return config_to_hf(model.config)
 
     def build_options(self, model: DecoderLM):
-        c = model.config
-        return {"param_dtype": c.param_dtype, "dtype": c.dtype, "scan_layers": c.scan_layers,
-                "remat": c.remat}
+        return decoder_build_options(model.config)
 
     def ignored(self, model, key):
         return super().ignored(model, key) or (model.config.tie_embeddings and key == "lm_head.weight")

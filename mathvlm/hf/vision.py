@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from mathvlm.hf import HFFormat, WeightSpec, register_hf
-from mathvlm.hf.llm import config_from_hf, config_to_hf, decoder_weights
+from mathvlm.hf.llm import config_from_hf, config_to_hf, decoder_build_options, decoder_weights
 from mathvlm.models.dual_encoder import DualEncoder
 from mathvlm.models.text_tower import TextTower, TextTowerConfig
 from mathvlm.models.vit import ViT, ViTConfig
@@ -41,25 +41,34 @@ def _bias_heads(H):
     return (lambda b: b.reshape(H, -1), lambda b: b.reshape(-1))
 
 
-def encoder_weights(num_layers, E, H, hf_prefix, path_prefix) -> list[WeightSpec]:
-    """Pre-norm encoder layers shared by CLIP/SigLIP image and CLIP text towers."""
+def encoder_weights(num_layers, E, H, hf_prefix, path_prefix, *, scan_layers: bool = False
+                    ) -> list[WeightSpec]:
+    """Pre-norm encoder layers shared by CLIP/SigLIP image and CLIP text towers. With
+    ``scan_layers`` layer ``i`` is slice ``i`` of one stacked module at ``path_prefix + ("layers",)``
+    (``WeightSpec.layer``), as :func:`mathvlm.hf.llm.decoder_weights` maps scanned decoder blocks."""
     specs = []
     for i in range(num_layers):
-        hf, p = f"{hf_prefix}encoder.layers.{i}.", path_prefix + ("layers", i)
+        hf = f"{hf_prefix}encoder.layers.{i}."
+        p, layer = ((path_prefix + ("layers",), i) if scan_layers
+                    else (path_prefix + ("layers", i), None))
+        layer_specs = []
         for ln in ("layer_norm1", "layer_norm2"):
-            specs += [WeightSpec(hf + f"{ln}.weight", p + (ln, "scale")),
-                      WeightSpec(hf + f"{ln}.bias", p + (ln, "bias"))]
+            layer_specs += [WeightSpec(hf + f"{ln}.weight", p + (ln, "scale")),
+                            WeightSpec(hf + f"{ln}.bias", p + (ln, "bias"))]
         for name in ("q_proj", "k_proj", "v_proj"):
-            specs += [WeightSpec(hf + f"self_attn.{name}.weight", p + ("self_attn", name, "kernel"),
-                                 *_heads_out(E, H)),
-                      WeightSpec(hf + f"self_attn.{name}.bias", p + ("self_attn", name, "bias"),
-                                 *_bias_heads(H))]
-        specs += [WeightSpec(hf + "self_attn.out_proj.weight", p + ("self_attn", "out_proj", "kernel"),
-                             *_heads_in(E, H)),
-                  WeightSpec(hf + "self_attn.out_proj.bias", p + ("self_attn", "out_proj", "bias"))]
+            layer_specs += [
+                WeightSpec(hf + f"self_attn.{name}.weight", p + ("self_attn", name, "kernel"),
+                           *_heads_out(E, H)),
+                WeightSpec(hf + f"self_attn.{name}.bias", p + ("self_attn", name, "bias"),
+                           *_bias_heads(H))]
+        layer_specs += [
+            WeightSpec(hf + "self_attn.out_proj.weight", p + ("self_attn", "out_proj", "kernel"),
+                       *_heads_in(E, H)),
+            WeightSpec(hf + "self_attn.out_proj.bias", p + ("self_attn", "out_proj", "bias"))]
         for fc in ("fc1", "fc2"):
-            specs += [WeightSpec(hf + f"mlp.{fc}.weight", p + ("mlp", fc, "kernel"), *_linear()),
-                      WeightSpec(hf + f"mlp.{fc}.bias", p + ("mlp", fc, "bias"))]
+            layer_specs += [WeightSpec(hf + f"mlp.{fc}.weight", p + ("mlp", fc, "kernel"), *_linear()),
+                            WeightSpec(hf + f"mlp.{fc}.bias", p + ("mlp", fc, "bias"))]
+        specs += [dataclasses.replace(spec, layer=layer) for spec in layer_specs]
     return specs
 
 
@@ -76,7 +85,7 @@ def vit_weights(c: ViTConfig, hf_prefix: str = "", path_prefix: tuple = ()) -> l
                   WeightSpec(f"{hf_prefix}pre_layrnorm.bias", p + ("pre_layrnorm", "bias"))]
     else:
         specs.append(WeightSpec(f"{hf_prefix}embeddings.patch_embedding.bias", p + ("patch_bias",)))
-    specs += encoder_weights(c.num_layers, E, H, hf_prefix, p)
+    specs += encoder_weights(c.num_layers, E, H, hf_prefix, p, scan_layers=c.scan_layers)
     if c.use_head:
         hf, hp = f"{hf_prefix}head.", p + ("head",)
         specs += [
@@ -111,6 +120,34 @@ def vit_config_from_hf(hf: dict, **overrides) -> ViTConfig:
     }
     values.update(overrides)
     return ViTConfig(**values)
+
+
+# ViTConfig fields config.json fixes (vit_config_from_hf reads them); every other field is a build
+# option: how the tower is laid out and computed (scan_layers, remat, dtype, param_dtype, ...).
+VISION_ARCHITECTURE = ("flavour", "image_size", "patch_size", "num_channels", "hidden_size",
+                       "intermediate_size", "num_layers", "num_heads", "layer_norm_eps", "hidden_act",
+                       "use_head")
+VISION_BUILD_OPTIONS = tuple(f.name for f in dataclasses.fields(ViTConfig)
+                             if f.name not in VISION_ARCHITECTURE)
+
+
+def vision_options(options) -> dict:
+    """The :class:`ViTConfig` overrides of a loader's ``vision`` option: a dict (None: none) of
+    :data:`VISION_BUILD_OPTIONS` (``scan_layers``, ``remat``, ``dtype``, ``param_dtype``).
+    Architecture fields and unknown keys raise ``ValueError``."""
+    if options is None:
+        return {}
+    options = dict(options)
+    unknown = sorted(set(options) - set(VISION_BUILD_OPTIONS))
+    if unknown:
+        raise ValueError(f"image-tower options {unknown}: the loader's vision options are "
+                         f"{list(VISION_BUILD_OPTIONS)} (config.json fixes the tower's architecture)")
+    return options
+
+
+def vision_build_options(c: ViTConfig) -> dict:
+    """The ``vision`` loader option that rebuilds a tower with config ``c`` in the same layout."""
+    return {name: getattr(c, name) for name in VISION_BUILD_OPTIONS}
 
 
 def vit_config_to_hf(c: ViTConfig) -> dict:
@@ -174,10 +211,13 @@ def text_weights(c: TextTowerConfig, hf_prefix: str = "text_model.",
 
 @register_hf("clip_vision_model", "siglip_vision_model", classes=(ViT,))
 class VisionTowerFormat(HFFormat):
+    """Standalone ``CLIPVisionModel`` / ``SiglipVisionModel`` folders. Build options: ViTConfig
+    fields (``scan_layers``, ``remat``, dtypes), flat or as a ``vision`` dict as for a VLM."""
     ignore_suffixes = ("position_ids",)
     key_aliases = (("vision_model.", ""),)     # transformers 4.x nests the tower one level deeper
 
-    def build(self, hf_config, *, rngs=None, **overrides):
+    def build(self, hf_config, *, rngs=None, vision=None, **overrides):
+        overrides = {**overrides, **vision_options(vision)}
         return ViT(vit_config_from_hf(hf_config, **overrides), rngs=rngs or nnx.Rngs(0))
 
     def weights(self, model):
@@ -185,6 +225,9 @@ class VisionTowerFormat(HFFormat):
 
     def hf_config(self, model):
         return vit_config_to_hf(model.config)
+
+    def build_options(self, model):
+        return vision_build_options(model.config)
 
 
 @register_hf("clip_text_model", "siglip_text_model", classes=(TextTower,))
@@ -216,13 +259,15 @@ class DualEncoderFormat(HFFormat):
     ``head``, ``logit_scale`` + ``logit_bias``); the text tower's flavour picks the layout."""
     ignore_suffixes = ("position_ids",)
 
-    def build(self, hf_config, *, rngs=None, **overrides):
+    def build(self, hf_config, *, rngs=None, vision=None, **overrides):
+        """``overrides`` (flat) and ``vision`` (a dict of :data:`VISION_BUILD_OPTIONS`) set image-tower
+        fields; the text tower has none."""
         kind = hf_config["model_type"]
         vision_type = hf_config.get("vision_config", {}).get("model_type", f"{kind}_vision_model")
         if vision_type != f"{kind}_vision_model":
             raise NotImplementedError(f"{kind} model with a {vision_type!r} vision config")
         vision = vit_config_from_hf({**hf_config["vision_config"], "model_type": vision_type},
-                                    **overrides)
+                                    **{**overrides, **vision_options(vision)})
         text = text_config_from_hf({**hf_config["text_config"], "model_type": f"{kind}_text_model"})
         if kind == "siglip":
             # The real scalars come from the file; these inits only matter for random builds.
@@ -243,6 +288,9 @@ class DualEncoderFormat(HFFormat):
             WeightSpec("visual_projection.weight", ("visual_projection", "kernel"), *_linear()),
             WeightSpec("text_projection.weight", ("text_projection", "kernel"), *_linear()),
             WeightSpec("logit_scale", ("logit_scale",))]
+
+    def build_options(self, model: DualEncoder):
+        return {"vision": vision_build_options(model.vision_model.config)}
 
     def hf_config(self, model: DualEncoder):
         t = model.text_model.config
@@ -327,7 +375,10 @@ class LlavaFormat(HFFormat):
                    ("model.language_model.", "language_model.model."),
                    ("lm_head.", "language_model.lm_head."))
 
-    def build(self, hf_config, *, rngs=None, **overrides):
+    def build(self, hf_config, *, rngs=None, vision=None, **overrides):
+        """``overrides`` are :class:`~mathvlm.models.decoder.DecoderConfig` fields of the language
+        model (dtypes, ``scan_layers``, ``remat``, ...); ``vision`` a dict of the image tower's
+        :data:`VISION_BUILD_OPTIONS` (e.g. ``{"scan_layers": True, "remat": "full"}``)."""
         projector = hf_config.get("projector_type", "mlp2x_gelu")
         if projector not in LLAVA_PROJECTORS:
             raise NotImplementedError(f"projector_type {projector!r}; LLaVA folders hold "
@@ -337,7 +388,7 @@ class LlavaFormat(HFFormat):
         if projector == "mlp2x_gelu" and not hf_config.get("multimodal_projector_bias", True):
             raise NotImplementedError("multimodal_projector_bias=False")
         layer = hf_config.get("vision_feature_layer", -2)
-        v = vit_config_from_hf(hf_config["vision_config"])
+        v = vit_config_from_hf(hf_config["vision_config"], **vision_options(vision))
         d = config_from_hf(hf_config["text_config"], **overrides)
         strategy = _LLAVA_STRATEGY[hf_config.get("vision_feature_select_strategy", "default")]
         config = VLMConfig(vision=v, decoder=d, projector=projector,
@@ -382,6 +433,10 @@ class LlavaFormat(HFFormat):
         if c.feature_norm:
             out["feature_norm"] = c.feature_norm
         return out
+
+    def build_options(self, model: VLM):
+        c = model.config
+        return {**decoder_build_options(c.decoder), "vision": vision_build_options(c.vision)}
 
     def ignored(self, model, key):
         return super().ignored(model, key) or (model.config.decoder.tie_embeddings

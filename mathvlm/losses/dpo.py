@@ -17,17 +17,30 @@ import jax.numpy as jnp
 
 from mathvlm import registry
 from mathvlm.losses.common import example_validity, masked_mean, require
-from mathvlm.losses.next_token import token_statistics
+from mathvlm.losses.next_token import chunked_token_statistics, token_statistics
 
 SIDES = ("chosen", "rejected")
 MODELS = ("policy", "reference")
+
+
+def _sum_over_mask(nll, mask):
+    """``Σ_t mask_t · (−nll_t)`` → [B]."""
+    return -jnp.sum(nll * jnp.asarray(mask, jnp.float32), axis=-1)
 
 
 def sequence_logps(logits, targets, mask):
     """``Σ_t mask_t · log softmax(logits_t)[targets_t]`` → [B] (targets already shifted, as for
     next-token CE: ``logits[:, t]`` scores ``targets[:, t]``)."""
     nll, _, _ = token_statistics(logits, targets)
-    return -jnp.sum(nll * jnp.asarray(mask, jnp.float32), axis=-1)
+    return _sum_over_mask(nll, mask)
+
+
+def chunked_sequence_logps(hidden, unembed, targets, mask, chunk_size: int):
+    """:func:`sequence_logps` of ``logits = unembed(hidden)`` computed ``chunk_size`` positions at a
+    time (:func:`~mathvlm.losses.next_token.chunked_token_statistics`): hidden [B, L, D], ``unembed``
+    a callable ``h → float32 logits`` or a kernel [D, V]."""
+    nll, _, _ = chunked_token_statistics(hidden, unembed, targets, chunk_size)
+    return _sum_over_mask(nll, mask)
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,

@@ -30,14 +30,23 @@ import jax.numpy as jnp
 
 from mathvlm import registry
 from mathvlm.losses.common import example_validity, masked_mean, require
-from mathvlm.losses.next_token import reduce_over_tokens, token_statistics
+from mathvlm.losses.next_token import (chunked_token_statistics, reduce_over_tokens,
+                                       token_statistics)
 
 AGGREGATIONS = {"token_mean": "token", "sequence_mean": "sequence"}
 
 
 def token_logps(logits, targets, temperature=1.0):
     """[B, L] ``log softmax(logits / temperature)[targets]`` in float32 (targets already shifted)."""
-    nll, _, _ = token_statistics(jnp.asarray(logits, jnp.float32) / temperature, targets)
+    nll, _, _ = token_statistics(logits, targets, temperature)
+    return -nll
+
+
+def chunked_token_logps(hidden, unembed, targets, chunk_size: int, temperature=1.0):
+    """:func:`token_logps` of ``logits = unembed(hidden)`` computed ``chunk_size`` positions at a time
+    (:func:`~mathvlm.losses.next_token.chunked_token_statistics`): hidden [B, L, D], ``unembed`` a
+    callable ``h → float32 logits`` or a kernel [D, V]."""
+    nll, _, _ = chunked_token_statistics(hidden, unembed, targets, chunk_size, temperature)
     return -nll
 
 

@@ -10,9 +10,19 @@ Reductions, over supervised tokens (mask m, per-token loss ℓ):
 * ``token``    — ``Σ_{b,t} m·ℓ / Σ_{b,t} m`` over the global batch (LLaVA / HF Trainer with one batch);
 * ``sequence`` — ``mean_{b: n_b>0} (Σ_t m·ℓ / n_b)`` with ``n_b = Σ_t m_bt``; examples without a
   supervised token are left out (this is what per-device batch 1 with gradient accumulation computes).
+
+Chunked logits: a vocabulary of 32K–152K makes the float32 logits [B, L, V] the largest array of a
+step. Every consumer of log-probabilities also has a form that takes the final hidden states
+[B, L, D] and the unembedding (a callable ``h [B, C, D] → float32 logits [B, C, V]``, or a kernel
+[D, V]) instead: :func:`map_position_chunks` runs a per-position computation on ``chunk_size``
+positions at a time, rematerialising each chunk in the backward pass, so neither pass holds more than
+one chunk's [B, C, V] logits. :func:`chunked_token_statistics` is the next-token statistics on it;
+the results equal those of the full logits (same formula, fed a chunk at a time).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,17 +44,71 @@ def shift_targets(tokens, supervised, pad_id: int = 0):
     return targets, loss_mask
 
 
-def token_statistics(logits, targets):
-    """Per-token ``(nll, log_z, correct)``, each [B, L] float32, from logits [B, L, V].
+def token_statistics(logits, targets, temperature=1.0):
+    """Per-token ``(nll, log_z, correct)``, each [B, L] float32, from logits [B, L, V] scaled to
+    ``z = logits / temperature``.
 
-    ``log_z = logsumexp_v logits``; ``nll = log_z − logits[target]`` (= −log softmax[target], without
+    ``log_z = logsumexp_v z``; ``nll = log_z − z[target]`` (= −log softmax(z)[target], without
     materialising a second [B, L, V] array of log-probabilities); ``correct = argmax == target``.
     """
-    logits = logits.astype(jnp.float32)
+    logits = jnp.asarray(logits, jnp.float32)
+    if not (isinstance(temperature, (int, float)) and temperature == 1):
+        logits = logits / temperature
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     return log_z - target_logit, log_z, correct
+
+
+def as_unembed(unembed) -> Callable:
+    """The unembedding as a callable ``h [..., D] → float32 logits [..., V]``: a callable is returned
+    as is (e.g. a model's ``unembed``, with its LM head, tied table or LoRA); a kernel [D, V] becomes
+    ``h @ kernel`` accumulated in float32."""
+    if callable(unembed):
+        return unembed
+    kernel = unembed
+    return lambda h: jnp.einsum("...d,dv->...v", h, kernel, preferred_element_type=jnp.float32)
+
+
+def map_position_chunks(fn, arrays, chunk_size: int):
+    """``fn(*chunks)`` on ``chunk_size`` positions (axis 1) of ``arrays`` [B, L, ...] at a time.
+
+    ``fn`` maps slices [B, C, ...] to a pytree of [B, C, ...] arrays; the result is that pytree with
+    the slices joined back to length L. ``lax.map`` runs the chunks one after another and each chunk's
+    body is rematerialised (``jax.checkpoint``), so the backward pass recomputes a chunk's
+    intermediates (e.g. its [B, C, V] logits) instead of keeping every chunk's as residuals. A chunk
+    size that does not divide L zero-pads the last chunk; its padded results are cut off (so they get
+    no gradient). Values ``fn`` closes over (an unembedding kernel) get the gradient summed over chunks.
+    """
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be a positive number of positions, got {chunk_size}")
+    arrays = tuple(jnp.asarray(x) for x in arrays)
+    batch, length = arrays[0].shape[:2]
+    chunk_size = min(int(chunk_size), length)
+    num_chunks = -(-length // chunk_size)
+    pad = num_chunks * chunk_size - length
+
+    def to_chunks(x):  # [B, L, ...] -> [n, B, C, ...]
+        if pad:
+            x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape(batch, num_chunks, chunk_size, *x.shape[2:]), 1, 0)
+
+    def from_chunks(x):  # [n, B, C, ...] -> [B, L, ...]
+        x = jnp.moveaxis(x, 0, 1)
+        return x.reshape(batch, num_chunks * chunk_size, *x.shape[3:])[:, :length]
+
+    out = jax.lax.map(jax.checkpoint(lambda chunks: fn(*chunks)), tuple(map(to_chunks, arrays)))
+    return jax.tree.map(from_chunks, out)
+
+
+def chunked_token_statistics(hidden, unembed, targets, chunk_size: int, temperature=1.0):
+    """:func:`token_statistics` of ``logits = unembed(hidden)`` computed ``chunk_size`` positions at
+    a time (:func:`map_position_chunks`): hidden [B, L, D] (final-norm output), ``unembed`` a
+    callable ``h → float32 logits`` or a kernel [D, V] (:func:`as_unembed`), targets [B, L].
+    Returns ``(nll, log_z, correct)``, each [B, L] float32."""
+    project = as_unembed(unembed)
+    return map_position_chunks(lambda h, t: token_statistics(project(h), t, temperature),
+                               (hidden, jnp.asarray(targets, jnp.int32)), chunk_size)
 
 
 def reduce_over_tokens(values, mask, reduction: str = "token"):
@@ -84,42 +148,17 @@ def next_token_loss(logits, targets, mask, *, reduction: str = "token", z_loss: 
     return _from_statistics(nll, log_z, correct, mask, reduction, z_loss)
 
 
-def chunked_next_token_loss(hidden, unembed_kernel, targets, mask, chunk_size: int = 512, *,
+def chunked_next_token_loss(hidden, unembed, targets, mask, chunk_size: int = 512, *,
                             reduction: str = "token", z_loss: float = 0.0):
-    """:func:`next_token_loss` of ``logits = hidden @ unembed_kernel`` without materialising the
-    [B, L, V] logits: the sequence is cut into chunks of ``chunk_size`` positions and ``lax.map``
-    computes each chunk's [B, C, V] logits and per-token statistics in turn.
+    """:func:`next_token_loss` of ``logits = unembed(hidden)`` without materialising the [B, L, V]
+    logits: :func:`chunked_token_statistics` computes each chunk of ``chunk_size`` positions' [B, C, V]
+    logits and per-token statistics in turn, and the reduction is :func:`next_token_loss`'s.
 
-    hidden [B, L, D] (final-norm output), unembed_kernel [D, V] (for tied embeddings pass the
-    embedding table transposed), targets / mask [B, L]. The chunk body is rematerialised
-    (``jax.checkpoint``), so the backward pass also holds one chunk of logits at a time instead of
-    saving every chunk's logits as scan residuals. Logits are accumulated in float32.
+    hidden [B, L, D] (final-norm output); ``unembed`` a callable ``h → float32 logits`` (a model's
+    ``unembed``) or a kernel [D, V] (for tied embeddings the embedding table transposed); targets /
+    mask [B, L]. The backward pass also holds one chunk of logits at a time.
     """
-    batch, length, _ = hidden.shape
-    num_chunks = -(-length // chunk_size)
-    pad = num_chunks * chunk_size - length
-    targets = jnp.asarray(targets, jnp.int32)
-    if pad:  # padded positions get mask 0 below, so their statistics are ignored
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad)))
-
-    def to_chunks(x):  # [B, n·C, ...] -> [n, B, C, ...]
-        x = x.reshape(batch, num_chunks, chunk_size, *x.shape[2:])
-        return jnp.moveaxis(x, 1, 0)
-
-    @jax.checkpoint
-    def one_chunk(args):
-        hidden_chunk, target_chunk = args
-        logits = jnp.einsum("bcd,dv->bcv", hidden_chunk, unembed_kernel,
-                            preferred_element_type=jnp.float32)
-        return token_statistics(logits, target_chunk)
-
-    stats = jax.lax.map(one_chunk, (to_chunks(hidden), to_chunks(targets)))
-
-    def from_chunks(x):  # [n, B, C] -> [B, L]
-        return jnp.moveaxis(x, 0, 1).reshape(batch, num_chunks * chunk_size)[:, :length]
-
-    nll, log_z, correct = (from_chunks(s) for s in stats)
+    nll, log_z, correct = chunked_token_statistics(hidden, unembed, targets, chunk_size)
     return _from_statistics(nll, log_z, correct, mask, reduction, z_loss)
 
 
@@ -129,15 +168,18 @@ def next_token(outputs: dict, batch: dict, *, reduction: str = "token", z_loss: 
     """Next-token loss term.
 
     Reads ``batch[prefix+"targets"]`` [B, L] int32 and ``batch[prefix+"loss_mask"]`` [B, L], and
-    either ``outputs[prefix+"logits"]`` [B, L, V] or — when ``chunk_size`` is set and the model
-    returned them — ``outputs[prefix+"hidden"]`` [B, L, D] with ``outputs["unembed_kernel"]`` [D, V]
-    (chunked path). ``prefix`` selects a member of a pair batch, e.g. ``"weak_"``.
+    either ``outputs[prefix+"logits"]`` [B, L, V] or — when the outputs hold
+    ``outputs[prefix+"hidden"]`` [B, L, D] and a chunk size is known (option ``chunk_size``, else
+    ``outputs["logits_chunk"]``) — the hidden states with ``outputs[prefix+"unembed"]`` (callable
+    ``h → float32 logits``, or a kernel [D, V]) through :func:`chunked_next_token_loss`. ``prefix``
+    selects a member of a pair batch, e.g. ``"weak_"``.
     """
     where = f"loss 'next_token' (prefix {prefix!r})"
     targets, mask = require(batch, (prefix + "targets", prefix + "loss_mask"), where)
+    chunk_size = chunk_size or outputs.get("logits_chunk")
     if chunk_size and prefix + "hidden" in outputs:
-        hidden, kernel = require(outputs, (prefix + "hidden", "unembed_kernel"), where)
-        return chunked_next_token_loss(hidden, kernel, targets, mask, chunk_size,
+        hidden, unembed = require(outputs, (prefix + "hidden", prefix + "unembed"), where)
+        return chunked_next_token_loss(hidden, unembed, targets, mask, chunk_size,
                                        reduction=reduction, z_loss=z_loss)
     (logits,) = require(outputs, (prefix + "logits",), where)
     return next_token_loss(logits, targets, mask, reduction=reduction, z_loss=z_loss)

@@ -4,8 +4,14 @@
 
 * ``scan_layers`` — the blocks are one module whose parameters have a leading ``"layers"`` axis
   (built with ``nnx.vmap``) and run under ``jax.lax.scan``: one compiled block instead of N.
-* ``remat`` — recompute each block's activations in the backward pass.
+* ``remat`` — a rematerialisation policy name for each block (:mod:`mathvlm.models.remat`):
+  ``none``, ``full`` (save nothing, recompute the block), ``dots_saveable``,
+  ``dots_with_no_batch_dims`` or ``offload`` (those matmul outputs kept in pinned host memory).
+  ``True`` / ``False`` are accepted for ``full`` / ``none``.
 * ``dtype`` — compute dtype (e.g. bfloat16) independent of ``param_dtype`` (e.g. float32).
+* ``attention_impl`` — the training-time attention (:mod:`mathvlm.models.attention`): ``auto`` runs
+  the Pallas splash kernel on TPU, cuDNN's on GPU and the einsum on CPU; decoding with a cache always
+  runs the einsum.
 
 KV cache (for :mod:`mathvlm.models.generate`): ``cache = model.init_cache(batch, max_length)``
 (``k``/``v`` ``[layers, batch, kv_heads, max_length, head_dim]``, 16-bit floats stored as bits), then
@@ -24,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mathvlm import registry
+from mathvlm.models.attention import resolve as resolve_attention
 from mathvlm.models.layers import (
     Attention,
     Dense,
@@ -34,8 +41,8 @@ from mathvlm.models.layers import (
     check_rope_scaling,
     positions_from_mask,
     positions_in_segments,
-    segment_key_valid,
 )
+from mathvlm.models.remat import canonical_remat, checkpoint, nnx_checkpoint
 from mathvlm.sharding import constrain
 
 
@@ -62,8 +69,12 @@ class DecoderConfig:
     init_std: float = 0.02
     param_dtype: str = "float32"
     dtype: str | None = None        # compute dtype; None = param_dtype
-    remat: bool = False
+    # Rematerialisation policy name (mathvlm.models.remat.REMAT_POLICIES); True/False → "full"/"none".
+    remat: str = "none"
     scan_layers: bool = False
+    # Attention without a KV cache (mathvlm.models.attention): auto (splash on TPU, cuDNN on GPU, einsum
+    # on CPU) | xla | cudnn | splash.
+    attention_impl: str = "auto"
     # Backward-pass precision of the float32 logits' gradient in the LM-head matmuls: None keeps it
     # float32 (exact autodiff); "bfloat16" rounds it like PyTorch autocast, which lets XLA's CPU
     # backend run those two matmuls in bf16 at about twice the speed (see mathvlm.bench).
@@ -72,6 +83,8 @@ class DecoderConfig:
     def __post_init__(self):
         # Canonical dtype names keep the config hashable, comparable and JSON-serialisable.
         object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype).name)
+        object.__setattr__(self, "remat", canonical_remat(self.remat))
+        resolve_attention(self.attention_impl)   # an unknown name fails here, not at trace time
         if self.dtype is not None:
             object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
         if self.logits_grad_dtype is not None:
@@ -141,7 +154,7 @@ class Block(nnx.Module):
         self.attn = Attention(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
                               qkv_bias=c.qkv_bias, o_bias=c.o_bias, rope_theta=c.rope_theta,
                               rope_scaling=c.rope_scaling, sliding_window=c.sliding_window,
-                              rngs=rngs, **kw)
+                              attention_impl=c.attention_impl, rngs=rngs, **kw)
         self.post_attn_norm = RMSNorm(c.hidden_size, eps=c.rms_eps, **kw)
         self.mlp = SwiGLU(c.hidden_size, c.intermediate_size, rngs=rngs, **kw)
 
@@ -159,7 +172,9 @@ def _run_block(block, h, positions, key_valid, query_slots, kv_cache, cache_inde
     return block(h, positions, key_valid, query_slots, kv_cache, cache_index, layer)
 
 
-_run_block_remat = nnx.remat(_run_block)
+def _run_block_remat(remat: str):
+    """:func:`_run_block` checkpointed with the named policy (itself for ``none``)."""
+    return nnx_checkpoint(_run_block, remat)
 
 
 class DecoderLM(nnx.Module):
@@ -250,8 +265,9 @@ class DecoderLM(nnx.Module):
             mask = jnp.ones((batch, length), bool)
         if segment_ids is not None:
             segment_ids = jnp.asarray(segment_ids, jnp.int32)
-            # Padding and segment boundaries in one per-query key mask shared by every layer.
-            key_valid = segment_key_valid(jnp.where(mask, segment_ids, 0))
+            # Padding and segment boundaries as integer segment ids (0 = padding): each attention
+            # layer turns them into its mask (the einsum's [batch, L, L], or a fused kernel's segments).
+            key_valid = jnp.where(mask, segment_ids, 0)
             query_slots, cache_index, start = jnp.arange(length)[None], None, 0
             if positions is None:
                 positions = positions_in_segments(segment_ids)
@@ -285,7 +301,7 @@ class DecoderLM(nnx.Module):
         if c.scan_layers:
             return _scan_blocks(self.layers, h, positions, key_valid, query_slots, cache, cache_index,
                                 remat=c.remat, num_layers=c.num_layers)
-        run = _run_block_remat if c.remat else _run_block
+        run = _run_block_remat(c.remat)
         if cache is None:
             for block in self.layers:
                 h, _ = run(block, h, positions, key_valid, query_slots, None, cache_index)
@@ -321,8 +337,8 @@ def _scan_blocks(blocks: Block, h, positions, key_valid, query_slots, cache, cac
         block = nnx.merge(graphdef, layer_state)
         return block(h, positions, key_valid, query_slots, kv, cache_index, layer), None
 
-    if remat:
-        body = jax.checkpoint(body)
+    # Inside the loop, common-subexpression elimination cannot undo the recomputation.
+    body = checkpoint(body, remat, prevent_cse=False)
     kv = None if cache is None else (cache["k"], cache["v"])
     layers = None if cache is None else jnp.arange(num_layers)
     return jax.lax.scan(body, (h, kv), (state, layers))[0]

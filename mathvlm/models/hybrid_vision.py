@@ -382,4 +382,5 @@ class HybridVLM(nnx.Module):
     masks = VLM.masks
     __call__ = VLM.__call__
     hidden = VLM.hidden
+    unembed = VLM.unembed
     generate = VLM.generate

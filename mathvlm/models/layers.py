@@ -6,7 +6,8 @@ Parameters are named with :data:`mathvlm.sharding.PARAM_AXES` only; activations 
 * :class:`Dense` — ``y = x·W (+ b)`` contracting any number of trailing input axes, so attention
   projections keep ``(embed, heads, head_dim)`` kernels and the vision side can use 2-D ones.
 * :class:`Embedding`, :class:`RMSNorm`, :func:`apply_rope`, :func:`attention_mask`,
-  :class:`Attention` (GQA, optional QKV bias, optional KV cache), :class:`SwiGLU`.
+  :class:`Attention` (GQA, optional QKV bias, optional KV cache, fused kernels by backend from
+  :mod:`mathvlm.models.attention`), :class:`SwiGLU`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mathvlm.models.attention import dot_product_attention, grouped_attention, resolve
 from mathvlm.sharding import constrain
 
 Shape = tuple[int, ...]
@@ -309,8 +311,8 @@ class Attention(nnx.Module):
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  qkv_bias: bool = False, o_bias: bool = False, rope_theta: float = 10000.0,
                  rope_scaling=None,
-                 sliding_window: int | None = None, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 sliding_window: int | None = None, attention_impl: str = "auto", dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         if num_heads % num_kv_heads:
             raise ValueError(f"{num_heads} query heads do not divide into {num_kv_heads} kv heads")
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
@@ -328,18 +330,31 @@ class Attention(nnx.Module):
         scaling = check_rope_scaling(rope_scaling)
         self.rope_scaling = None if scaling is None else tuple(sorted(scaling.items()))
         self.sliding_window = sliding_window
+        resolve(attention_impl)  # fail at build time on an unknown name
+        self.attention_impl = attention_impl
 
     def __call__(self, x, *, positions, key_valid, query_slots, kv_cache=None, cache_index=None,
                  layer=0):
         """``x [batch, length, embed]`` → (out, new ``(k, v)`` cache or None).
 
-        ``key_valid [batch, k_len]`` marks real tokens among the keys (the cache slots when cached)."""
+        ``key_valid [batch, k_len]``: boolean, the real tokens among the keys (the cache slots when
+        cached); or integer, the segment ids of packed rows (0 = padding, see
+        :func:`segment_key_valid`). Without a cache, a fused implementation (``attention_impl``, see
+        :mod:`mathvlm.models.attention`) may run instead of the einsum."""
         cos, sin = rope_angles(positions, self.head_dim, self.rope_theta, self.rope_scaling)
         q = apply_rope(self.q_proj(x), cos, sin)
         k = apply_rope(self.k_proj(x), cos, sin)
         v = self.v_proj(x)
         q = constrain(q, ("batch", "length", "act_heads", None))
-        mask = attention_mask(query_slots, key_valid, self.sliding_window)
+        packed = jnp.issubdtype(key_valid.dtype, jnp.integer)
+        impl = resolve(self.attention_impl)
+        if kv_cache is None and impl != "xla":
+            out = dot_product_attention(q, k, v, impl=impl, causal=True,
+                                        segments=key_valid.astype(jnp.int32),
+                                        sliding_window=self.sliding_window)
+            return self.o_proj(out), None
+        mask = attention_mask(query_slots, segment_key_valid(key_valid) if packed else key_valid,
+                              self.sliding_window)
         if kv_cache is None:
             out = grouped_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
             return self.o_proj(out), None
@@ -388,26 +403,6 @@ def cache_read(cache: jax.Array, layer, dtype) -> jax.Array:
     if jnp.issubdtype(x.dtype, jnp.unsignedinteger):
         return jax.lax.bitcast_convert_type(x, dtype)
     return x.astype(dtype)
-
-
-def grouped_attention(q, k, v, mask, *, kv_heads_first: bool = False):
-    """Softmax attention of ``q [b, lq, heads, d]`` over ``k, v [b, lk, kv_heads, d]`` (or
-    ``[b, kv_heads, lk, d]`` with ``kv_heads_first``, the KV-cache layout).
-
-    Query heads are grouped onto their kv head instead of repeating k/v. Scores and softmax run in
-    float32; the probabilities and the result are in q's dtype (k and v may be wider). Masked scores
-    use a large finite negative so a query with no visible key (a padding slot) gives a harmless
-    uniform average instead of NaN."""
-    b, lq, heads, d = q.shape
-    kv_heads = k.shape[1 if kv_heads_first else 2]
-    kv = "bhkd" if kv_heads_first else "bkhd"
-    q = q.reshape(b, lq, kv_heads, heads // kv_heads, d)
-    scores = jnp.einsum(f"bqhgd,{kv}->bhgqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (d ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum(f"bhgqk,{kv}->bqhgd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(b, lq, heads, d).astype(q.dtype)
 
 
 class SwiGLU(nnx.Module):

@@ -4,8 +4,19 @@ gelu-tanh, post-LN, optional attention-pool head). Images are NHWC float arrays 
 ``ViT(config, rngs=...)``:
 
 * ``vit.hidden_states(images, upto=None)`` → list like HF ``hidden_states`` (index 0 = embeddings).
+* ``vit.states_at(images, indices)`` → ``{i: hidden_states[i]}`` for the indices asked only.
 * ``vit.features(images, layer=-2, strategy="drop_cls")`` → ``[batch, tokens, embed]`` for a VLM.
 * ``vit(images)`` → ``(last_hidden_state, pooled)`` as HF ``CLIPVisionModel`` / ``SiglipVisionModel``.
+
+Options (:class:`ViTConfig`):
+
+* ``scan_layers`` — the encoder layers are ONE :class:`EncoderLayer` whose parameters have a leading
+  ``"layers"`` axis (built with ``nnx.vmap``) and run under ``jax.lax.scan``; the results are those of
+  the unscanned tower. ``hidden_states(images, upto)`` scans over the first ``upto`` layers and
+  returns their stacked outputs as the same HF-style list; ``features`` and ``__call__`` (through
+  ``states_at``) scan from one selected index to the next and keep no other layer's output.
+* ``remat`` — rematerialisation policy name of each layer (:mod:`mathvlm.models.remat`: ``none``,
+  ``full``, ``dots_saveable``, ``dots_with_no_batch_dims``, ``offload``; True/False = full/none).
 """
 
 from __future__ import annotations
@@ -18,7 +29,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mathvlm import registry
-from mathvlm.models.layers import Dense, grouped_attention
+from mathvlm.models.attention import dot_product_attention, grouped_attention, resolve
+from mathvlm.models.layers import Dense
+from mathvlm.models.remat import canonical_remat, checkpoint, nnx_checkpoint
 from mathvlm.sharding import constrain
 
 ACTIVATIONS = {
@@ -44,6 +57,19 @@ class ViTConfig:
     use_head: bool = False         # SigLIP attention-pool head
     param_dtype: str = "float32"
     dtype: str | None = None
+    scan_layers: bool = False      # one stacked EncoderLayer run by jax.lax.scan
+    # Rematerialisation policy name (mathvlm.models.remat.REMAT_POLICIES); True/False → "full"/"none".
+    remat: str = "none"
+    # Encoder self-attention (mathvlm.models.attention): auto | xla | cudnn | splash.
+    attention_impl: str = "auto"
+
+    def __post_init__(self):
+        # Canonical names keep the config hashable, comparable and JSON-serialisable.
+        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype).name)
+        if self.dtype is not None:
+            object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
+        object.__setattr__(self, "remat", canonical_remat(self.remat))
+        resolve(self.attention_impl)  # an unknown name fails here, not at trace time
 
     @property
     def num_patches(self) -> int:
@@ -107,10 +133,12 @@ class MLP(nnx.Module):
 
 
 class SelfAttention(nnx.Module):
-    """Multi-head attention with biases (CLIP/SigLIP ``q,k,v,out_proj``); ``mask [b, q, k]`` optional."""
+    """Multi-head attention with biases (CLIP/SigLIP ``q,k,v,out_proj``); ``mask [b, q, k]`` optional.
+    Unmasked self-attention runs ``attention_impl`` (:mod:`mathvlm.models.attention`); a mask or
+    separate keys (``kv``) take the einsum."""
 
     def __init__(self, hidden: int, heads: int, *, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 attention_impl: str = "xla", rngs: nnx.Rngs):
         head_dim = hidden // heads
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs, "use_bias": True}
         qkv_axes = ("embed", "heads", "head_dim")
@@ -118,8 +146,13 @@ class SelfAttention(nnx.Module):
         self.k_proj = Dense(hidden, (heads, head_dim), axes=qkv_axes, **kw)
         self.v_proj = Dense(hidden, (heads, head_dim), axes=qkv_axes, **kw)
         self.out_proj = Dense((heads, head_dim), hidden, axes=("heads", "head_dim", "embed"), **kw)
+        self.attention_impl = attention_impl
 
     def __call__(self, x, mask=None, kv=None):
+        impl = resolve(self.attention_impl)
+        if mask is None and kv is None and impl != "xla":
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            return self.out_proj(dot_product_attention(q, k, v, impl=impl, causal=False))
         kv = x if kv is None else kv
         q, k, v = self.q_proj(x), self.k_proj(kv), self.v_proj(kv)
         if mask is None:
@@ -131,10 +164,10 @@ class EncoderLayer(nnx.Module):
     """Pre-norm block shared by CLIP and SigLIP towers (and the CLIP text tower)."""
 
     def __init__(self, hidden, inner, heads, act, eps, *, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 attention_impl: str = "xla", rngs: nnx.Rngs):
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.layer_norm1 = LayerNorm(hidden, eps=eps, param_dtype=param_dtype)
-        self.self_attn = SelfAttention(hidden, heads, **kw)
+        self.self_attn = SelfAttention(hidden, heads, attention_impl=attention_impl, **kw)
         self.layer_norm2 = LayerNorm(hidden, eps=eps, param_dtype=param_dtype)
         self.mlp = MLP(hidden, inner, act, **kw)
 
@@ -192,9 +225,10 @@ class ViT(nnx.Module):
             self.class_embedding = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (E,), pd),
                                              out_sharding=("embed",))
             self.pre_layrnorm = LayerNorm(E, eps=c.layer_norm_eps, param_dtype=pd)
-        self.layers = nnx.List([
-            EncoderLayer(E, c.intermediate_size, c.num_heads, c.hidden_act, c.layer_norm_eps,
-                         dtype=c.dtype, param_dtype=pd, rngs=rngs) for _ in range(c.num_layers)])
+        if c.scan_layers:
+            self.layers = _stacked_layers(c, rngs)
+        else:
+            self.layers = nnx.List([_encoder_layer(c, rngs) for _ in range(c.num_layers)])
         self.post_layernorm = LayerNorm(E, eps=c.layer_norm_eps, param_dtype=pd)
         self.head = AttentionPoolHead(c, rngs=rngs) if c.use_head else None
 
@@ -223,11 +257,42 @@ class ViT(nnx.Module):
 
     def hidden_states(self, images, upto: int | None = None) -> list:
         """HF-style hidden states: ``[embeddings, after layer 1, ..., after layer upto]``."""
-        upto = self.config.num_layers if upto is None else upto
+        c = self.config
+        upto = c.num_layers if upto is None else upto
+        if not 0 <= upto <= c.num_layers:
+            raise ValueError(f"upto={upto} out of range for {c.num_layers} layers")
         hs = [self.embed(images)]
+        if upto == 0:
+            return hs
+        if c.scan_layers:
+            _, outs = _scan_layers(self.layers, hs[0], 0, upto, num_layers=c.num_layers,
+                                   remat=c.remat, stacked=True)
+            return hs + [outs[i] for i in range(upto)]
+        run = nnx_checkpoint(_run_layer, c.remat)
         for layer in list(self.layers)[:upto]:
-            hs.append(layer(hs[-1]))
+            hs.append(run(layer, hs[-1]))
         return hs
+
+    def states_at(self, images, indices: Sequence[int]) -> dict[int, jax.Array]:
+        """``{i: hidden_states(images)[i]}`` for HF indices ``0 ≤ i ≤ num_layers``, running the layers
+        only up to the largest. Scanned layers run as one scan per stretch between the indices, so
+        no other layer's output is stacked or kept."""
+        c = self.config
+        wanted = sorted(set(int(i) for i in indices))
+        if not wanted or wanted[0] < 0 or wanted[-1] > c.num_layers:
+            raise ValueError(f"hidden-state indices {list(indices)} out of range for {c.num_layers} "
+                             "layers (0 = embeddings)")
+        h = self.embed(images)
+        out, at = {}, 0
+        run = nnx_checkpoint(_run_layer, c.remat)
+        for stop in wanted:
+            if stop > at and c.scan_layers:
+                h = _scan_layers(self.layers, h, at, stop, num_layers=c.num_layers, remat=c.remat)
+            elif stop > at:
+                for layer in list(self.layers)[at:stop]:
+                    h = run(layer, h)
+            out[stop], at = h, stop
+        return out
 
     def features(self, images, layer: int | Sequence[int] = -2, strategy: str = "drop_cls"):
         """Patch features of hidden state ``layer`` (HF index; -2 = output of the second-to-last
@@ -248,7 +313,7 @@ class ViT(nnx.Module):
         for given, index in zip(layers, indices):
             if not 0 <= index <= n:
                 raise ValueError(f"feature layer {given} out of range for {n} layers")
-        hs = self.hidden_states(images, upto=max(indices))
+        hs = self.states_at(images, indices)
         h = jnp.concatenate([hs[i] for i in indices], axis=-1) if len(indices) > 1 else hs[indices[0]]
         if strategy == "keep_all" or (strategy == "drop_cls" and not self.config.has_class_token):
             return h
@@ -264,11 +329,53 @@ class ViT(nnx.Module):
         """``(last_hidden_state, pooled)`` matching HF: CLIP returns the encoder output without the
         post-LN and pools post-LN(CLS); SigLIP applies the post-LN and pools with its head (None
         without one)."""
-        h = self.hidden_states(images)[-1]
+        h = self.states_at(images, (self.config.num_layers,))[self.config.num_layers]
         if self.config.has_class_token:
             return h, self.post_layernorm(h[:, 0])
         h = self.post_layernorm(h)
         return h, (self.head(h) if self.head is not None else None)
+
+
+def _encoder_layer(c: ViTConfig, rngs: nnx.Rngs) -> EncoderLayer:
+    return EncoderLayer(c.hidden_size, c.intermediate_size, c.num_heads, c.hidden_act,
+                        c.layer_norm_eps, dtype=c.dtype, param_dtype=jnp.dtype(c.param_dtype),
+                        attention_impl=c.attention_impl, rngs=rngs)
+
+
+def _run_layer(layer: EncoderLayer, h):
+    return layer(h)
+
+
+def _stacked_layers(c: ViTConfig, rngs: nnx.Rngs) -> EncoderLayer:
+    """One EncoderLayer whose every parameter has a leading ``layers`` axis of size ``num_layers``
+    (as :func:`mathvlm.models.decoder._stacked_blocks`)."""
+
+    @nnx.split_rngs(splits=c.num_layers)
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(rngs):
+        return _encoder_layer(c, rngs)
+
+    return make(rngs)
+
+
+def _scan_layers(layers: EncoderLayer, h, start: int, stop: int, *, num_layers: int, remat: str,
+                 stacked: bool = False):
+    """Run stacked layers ``start … stop - 1`` on ``h`` with ``jax.lax.scan``: the last output, or with
+    ``stacked`` ``(last, every layer's output [stop - start, batch, tokens, embed])``. Only those
+    layers' parameters enter the loop (a slice of the stack unless it is all of it); the others get
+    zero gradients, as in the unscanned tower."""
+    graphdef, state = nnx.split(layers)
+    if (start, stop) != (0, num_layers):
+        state = jax.tree.map(lambda x: x[start:stop], state)
+
+    def body(h, layer_state):
+        h = nnx.merge(graphdef, layer_state)(h)
+        return h, (h if stacked else None)
+
+    # Inside the loop, common-subexpression elimination cannot undo the recomputation.
+    body = checkpoint(body, remat, prevent_cse=False)
+    last, outs = jax.lax.scan(body, h, state)
+    return (last, outs) if stacked else last
 
 
 @registry.register("model", "vit")

@@ -164,10 +164,16 @@ class VLM(nnx.Module):
         return self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, positions=positions)
 
     def hidden(self, tokens, images=None, image_mask=None, attention_mask=None, positions=None):
-        """Final-norm hidden states (for chunked losses, with ``self.decoder.unembed_kernel()``)."""
+        """Final-norm hidden states ``[batch, length, embed]``, the same inputs as :meth:`__call__`:
+        ``unembed(hidden(...))`` are its logits (chunked losses unembed a slice at a time)."""
         embeds = self.embed(tokens, images, image_mask)
         return self.decoder.hidden(inputs_embeds=embeds, attention_mask=attention_mask,
                                    positions=positions)
+
+    def unembed(self, h):
+        """float32 logits ``[..., vocab]`` of final-norm hidden states: the decoder's LM head
+        (:meth:`~mathvlm.models.decoder.DecoderLM.unembed`)."""
+        return self.decoder.unembed(h)
 
     def generate(self, tokens, images=None, image_mask=None, attention_mask=None, **kwargs):
         """Greedy / sampled continuation: the merged embeddings are the prefill, then the decoder

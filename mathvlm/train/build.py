@@ -40,7 +40,9 @@ def build_model(model_config, seed: int):
 
 
 def hf_options(model_config) -> dict:
-    """``config.model`` keys other than ``name`` / ``preset``: loader options (dtype, scan_layers...)."""
+    """``config.model`` keys other than ``name`` / ``preset``: loader options (dtype, scan_layers,
+    remat... of the language model; ``vision: {scan_layers, remat, dtype, param_dtype}`` of a VLM's
+    image tower — see :func:`mathvlm.hf.from_pretrained`)."""
     return {k: v for k, v in model_config.to_dict().items() if k not in ("name", "preset")}
 
 

@@ -6,7 +6,13 @@ count restores onto another.
 Safety: orbax writes each step into a temporary folder and renames it when complete, so a save that
 dies midway is never restored. :meth:`Checkpointer.check_space` refuses to start a run whose workdir
 cannot hold its checkpoints, and a save that fails mid-run (disk full, quota, I/O error) stops the run
-with :class:`CheckpointSaveError`, naming the newest intact checkpoint a restart resumes from."""
+with :class:`CheckpointSaveError`, naming the newest intact checkpoint a restart resumes from.
+
+A ``gs://BUCKET/PATH`` workdir is written natively: orbax gets the URL (as an ``epath.Path``), writes the
+arrays through tensorstore's GCS driver and its metadata through etils.epath. On GCS there is no rename:
+orbax writes each step into its final folder and marks it complete with ``commit_success.txt``, which is
+what :meth:`Checkpointer.complete_steps` looks for there. Free space cannot be asked of a bucket, so
+:meth:`Checkpointer.check_space` logs its estimate and checks nothing."""
 
 from __future__ import annotations
 
@@ -17,8 +23,10 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
+from mathvlm import workdir as wd
 from mathvlm.sharding import path_name
 
 
@@ -106,11 +114,18 @@ class Checkpointer:
     """Save / restore ``(state, data iterator, meta)`` under ``workdir/checkpoints``."""
 
     def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
-        self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.join(self.workdir, "checkpoints")
+        self.remote = wd.is_remote(workdir)
+        if self.remote:  # gs://: the URL goes to orbax as it is (never through os.path.abspath)
+            self.workdir = wd.remote_url(workdir)
+            wd.check_remote_backend(self.workdir)
+            self.directory = f"{self.workdir}/checkpoints"
+            directory = epath.Path(self.directory)
+        else:
+            self.workdir = os.path.abspath(wd.local_path(workdir))
+            self.directory = directory = os.path.join(self.workdir, "checkpoints")
         self.keep = keep
         self.manager = ocp.CheckpointManager(
-            self.directory,
+            directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                  enable_async_checkpointing=async_save))
         self._pending: int | None = None  # step whose (asynchronous) save is not yet verified
@@ -121,7 +136,9 @@ class Checkpointer:
 
     def complete_steps(self) -> list[int]:
         """Steps with a finished checkpoint on disk (unfinished saves live in temporary folders whose
-        names are not plain step numbers)."""
+        names are not plain step numbers; on gs://, step folders holding orbax's commit marker)."""
+        if self.remote:
+            return sorted(ocp.step.checkpoint_steps(epath.Path(self.directory)))
         if not os.path.isdir(self.directory):
             return []
         return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
@@ -132,6 +149,14 @@ class Checkpointer:
         existing checkpoints already take counts as available. ``min_free_bytes`` is headroom demanded
         on top. Returns the bytes needed."""
         one = checkpoint_bytes(state)
+        if self.remote:
+            needed = one * (self.keep + 1) + int(min_free_bytes)
+            if jax.process_index() == 0:
+                logging.warning("checkpoint space check skipped: the free space of %s cannot be queried "
+                                "(a bucket has no disk); the run needs about %s there (checkpoint.keep=%d "
+                                "+ 1 being written, %s each), mind the bucket's quota", self.directory,
+                                _size(needed), self.keep, _size(one))
+            return needed
         needed = max(one, one * (self.keep + 1) - directory_bytes(self.directory)) + int(min_free_bytes)
         free = shutil.disk_usage(self.directory).free
         if free < needed:
@@ -171,7 +196,8 @@ class Checkpointer:
 
     def restore(self, step: int, target_state, data_iterator=None):
         """(state placed like ``target_state``, meta dict); ``data_iterator`` is advanced in place."""
-        state_dir = os.path.join(self.directory, str(step), "state")
+        state_dir = (f"{self.directory}/{step}/state" if self.remote
+                     else os.path.join(self.directory, str(step), "state"))
         problems = compare_to_saved(state_dir, target_state)
         if problems:
             shown = "; ".join(problems[:12]) + (f"; ... {len(problems) - 12} more" if len(problems) > 12 else "")

@@ -9,6 +9,7 @@ whose loss or gradient is not finite (stopping after ``train.max_nonfinite`` in 
 from __future__ import annotations
 
 import functools
+import inspect
 import signal
 import time
 
@@ -26,7 +27,7 @@ from mathvlm.train import optim, steps
 from mathvlm.train.checkpoint import Checkpointer
 from mathvlm.train.build import init_model
 from mathvlm.data.sources import SKIP_REASONS
-from mathvlm.train.metrics import DataStats, MetricWriter
+from mathvlm.train.metrics import DataStats, MetricWriter, RunFiles
 from mathvlm.train.summary import write_summary
 
 
@@ -43,6 +44,12 @@ def make_train_step(config, graphdef, model_graphdef, trainable):
     it on abstract ones."""
     step_fn = registry.get("step", config.train.step)
     options = dict(config.train.get("step_options", {}) or {})
+    chunk = int(config.train.get("logits_chunk", 0) or 0)
+    if chunk:
+        if "logits_chunk" not in inspect.signature(step_fn).parameters:
+            raise ValueError(f"train.logits_chunk={chunk}: the {config.train.step!r} step has no token "
+                             "logits to chunk; set it to 0")
+        options["logits_chunk"] = chunk
     loss_fn = make_loss(config.loss.terms)
     rules = config.sharding.rules
 
@@ -146,7 +153,9 @@ class Trainer:
                 f"data.batch_size={c.data.batch_size}, seq_len={c.data.get('seq_len')}). To fit: shard "
                 "the parameters over more chips (mesh.data=1, mesh.fsdp=-1; sharding.rules=fsdp_tp with "
                 "mesh.tensor), lower data.batch_size and raise optim.accum_steps to keep the global "
-                "batch, set model.remat=True / model.scan_layers=True, shorten data.seq_len, or train "
+                "batch, set model.remat=full (or dots_with_no_batch_dims, offload) / "
+                "model.scan_layers=True (a VLM's image tower: model.vision.remat / "
+                "model.vision.scan_layers), shorten data.seq_len, or train "
                 "fewer parameters (train.trainable, lora.rank).")
         logging.warning("memory check: the step needs %.2f of %.2f GiB per device", peak / 2**30,
                         limit / 2**30)
@@ -273,10 +282,14 @@ def train(config, *, workdir: str, mesh):
     trainer = Trainer(config, mesh)
     if jax.process_index() == 0:
         print(trainer.report(), flush=True)
+    # Plain files (metrics, TensorBoard, rollouts, tables, summary): the workdir, or for a gs:// workdir
+    # a local mirror copied to it; checkpoints always go to the workdir itself.
+    files = RunFiles(workdir, enabled=jax.process_index() == 0)
+    files.pull()
     if getattr(registry.get("step", config.train.step), "needs_rollouts", False):
         from mathvlm.train.rollout import RolloutStream  # sampled from the policy itself (GRPO)
 
-        batches = RolloutStream(config, trainer, workdir=workdir)
+        batches = RolloutStream(config, trainer, workdir=files.local)
     else:
         batches = pipeline.make_iterator(config.data, seed=config.seed, process_index=jax.process_index(),
                                          process_count=jax.process_count())
@@ -293,10 +306,10 @@ def train(config, *, workdir: str, mesh):
             config.data, seed=config.seed + 1, process_index=jax.process_index(),
             process_count=jax.process_count()), config.train.calibrate_image_features)
     total, every = config.train.steps, config.checkpoint.every_steps
-    tables_dir = workdir if jax.process_index() == 0 else None  # evaluators' tables: one writer
+    tables_dir = files.local if jax.process_index() == 0 else None  # evaluators' tables: one writer
     evaluators, eval_every = make_evaluators(config, tables_dir), config.eval.every_steps
     max_nonfinite = config.train.get("max_nonfinite", 5)
-    writer = MetricWriter(workdir, total, initial_step=start, enabled=jax.process_index() == 0)
+    writer = MetricWriter(files.local, total, initial_step=start, enabled=jax.process_index() == 0)
     last, window_start, window_tokens, nonfinite, skipped = {}, time.perf_counter(), 0, 0, 0
     pending_finite = []  # device flags, read at log time so steps stay asynchronous
     data_stats = DataStats(SKIP_REASONS)
@@ -343,15 +356,22 @@ def train(config, *, workdir: str, mesh):
                                    **getattr(batches, "last_metrics", {}))
                     last = writer.write(step, metrics)
                     window_start, window_tokens = time.perf_counter(), 0
+                    files.push_if_due(writer.flush)
                 if evaluators and ((eval_every and step % eval_every == 0) or step == total):
                     last = {**last, **writer.write(step, evaluate(evaluators, trainer.model))}
                 if (every and step % every == 0) or step == total or preemption.requested:
                     ckpt.save(step, trainer.state, batches, force=preemption.requested)
+                    files.push(writer.flush)
                 if preemption.requested:
                     break
     finally:
-        ckpt.close()
-        writer.close()
+        try:
+            ckpt.close()
+            writer.close()
+        finally:
+            files.push()  # also after a failure: what was logged reaches the bucket
     if jax.process_index() == 0 and step == total and last:
-        print(f"summary: {write_summary(workdir, title=config.name)}", flush=True)
+        summary = write_summary(files.local, title=config.name)
+        files.push()
+        print(f"summary: {files.remote_path(summary)}", flush=True)
     return last

@@ -3,17 +3,24 @@ and a tqdm bar with ETA on the console. Only process 0 writes.
 
 On resume ``metrics.jsonl`` is cut back to the restored step, so it stays one clean history: a run
 killed after its last checkpoint had logged steps that the resumed run logs again (with the same
-values, the resume being exact). TensorBoard keeps both copies (it plots the newest)."""
+values, the resume being exact). TensorBoard keeps both copies (it plots the newest).
+
+These files are written with ordinary file calls (appended to, or by tensorboardX), which a bucket does
+not take: for a ``gs://`` workdir they go to a local mirror that :class:`RunFiles` copies to the bucket."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
+import time
 from typing import Mapping
 
 import numpy as np
 from absl import logging
+
+from mathvlm import workdir as wd
 
 
 class MetricWriter:
@@ -55,6 +62,12 @@ class MetricWriter:
             loss = record["loss"]
             self.bar.set_postfix(loss=f"{loss:.4g}" if isinstance(loss, float) else loss, refresh=False)
         return record
+
+    def flush(self) -> None:
+        """Put what was logged so far on disk (TensorBoard buffers its events up to two minutes)."""
+        if self.enabled:
+            self._jsonl.flush()
+            self._tb.flush()
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:
@@ -109,6 +122,143 @@ def read_metrics(workdir: str) -> list[dict]:
     from mathvlm.eval.common import read_jsonl  # the one JSONL reader with file/line errors
 
     return read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+
+
+# Seconds between copies of a remote run's local files to the bucket while it logs (checkpoint saves
+# and the end of the run copy them too).
+SYNC_SECONDS = 300.0
+# Files a run appends to across restarts: copied back from the bucket when it resumes, so it continues
+# them (metrics.jsonl is then cut back to the restored step as for a local run).
+APPENDED = ("metrics.jsonl", "rollouts.jsonl")
+
+
+def mirror_dir(url: str) -> str:
+    """The local folder that stands in for remote workdir ``url``: ``$MATHVLM_MIRROR_DIR`` (default
+    ``~/.cache/mathvlm/mirror``) ``/<scheme>/<bucket>/<path>``."""
+    base = os.environ.get("MATHVLM_MIRROR_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "mathvlm", "mirror")
+    scheme, _, rest = url.partition("://")
+    return os.path.join(base, scheme, *rest.split("/"))
+
+
+def _copy(source, destination) -> None:
+    """Stream one file between a local path and an ``epath.Path`` (either way)."""
+    from etils import epath
+
+    with epath.Path(source).open("rb") as f, epath.Path(destination).open("wb") as out:
+        shutil.copyfileobj(f, out, 1 << 20)
+
+
+class RunFiles:
+    """Where a run's plain files go: ``metrics.jsonl``, TensorBoard events, ``rollouts.jsonl``, evaluation
+    tables and ``summary.md``, written with ordinary file calls. For a local workdir that is the workdir
+    itself and nothing else happens. For a ``gs://`` workdir it is a local mirror (:func:`mirror_dir`),
+    copied to the same names under the workdir URL by :meth:`push`: after every checkpoint save, every
+    :data:`SYNC_SECONDS` of logging and when the run ends, also when it fails. A copy that fails is
+    logged with the files' local paths and retried at the next push; the run goes on. Only the process
+    that writes the files (``enabled``: process 0) touches the mirror."""
+
+    def __init__(self, workdir: str, enabled: bool = True, sync_seconds: float = SYNC_SECONDS):
+        self.remote = wd.is_remote(workdir)
+        self.workdir = wd.remote_url(workdir) if self.remote else workdir
+        self.local = mirror_dir(self.workdir) if self.remote else workdir
+        self.enabled = enabled and self.remote
+        self.sync_seconds = sync_seconds
+        self._pushed: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) last copied
+        self._last_push = time.monotonic()
+
+    def remote_path(self, local_path: str) -> str:
+        """Where a file of the mirror goes (a local workdir's files are where they are)."""
+        if not self.remote:
+            return local_path
+        return "/".join([self.workdir, *os.path.relpath(local_path, self.local).split(os.sep)])
+
+    def _files(self) -> list[str]:
+        out = []
+        for root, _, files in os.walk(self.local):
+            out += [os.path.relpath(os.path.join(root, name), self.local) for name in files]
+        return sorted(out)
+
+    def _in_bucket(self, relative: str) -> bool:
+        from etils import epath
+
+        try:
+            remote = epath.Path(self.remote_path(os.path.join(self.local, relative)))
+            return remote.exists() and remote.stat().length == os.path.getsize(
+                os.path.join(self.local, relative))
+        except Exception:  # cannot tell: count it as not copied
+            return False
+
+    def pull(self) -> None:
+        """Set the mirror up before the run writes to it. A mirror an earlier process left is deleted
+        when all of its files reached the bucket, and otherwise moved aside (kept, named in a
+        warning). Then the files a resumed run appends to (:data:`APPENDED`) are copied from the
+        bucket."""
+        if not self.enabled:
+            return
+        from etils import epath
+
+        if os.path.isdir(self.local):
+            left = self._files()
+            missing = [f for f in left if not self._in_bucket(f)]
+            if missing:
+                aside = stamp = f"{self.local}.unsynced-{time.strftime('%Y%m%d-%H%M%S')}"
+                number = 1
+                while os.path.exists(aside):  # two in the same second
+                    number += 1
+                    aside = f"{stamp}-{number}"
+                os.rename(self.local, aside)
+                logging.warning("%d file(s) an earlier run left in %s never reached %s (%s); kept in %s",
+                                len(missing), self.local, self.workdir, ", ".join(missing[:5]), aside)
+            else:
+                shutil.rmtree(self.local)
+        os.makedirs(self.local, exist_ok=True)
+        for name in APPENDED:
+            source, local = epath.Path(f"{self.workdir}/{name}"), os.path.join(self.local, name)
+            if source.exists():
+                _copy(source, local)
+                stat = os.stat(local)
+                self._pushed[name] = (stat.st_size, stat.st_mtime_ns)
+        logging.warning("workdir %s: checkpoints and config.json are written there; metrics.jsonl, "
+                        "TensorBoard events, rollouts, evaluation tables and summary.md are written to "
+                        "%s and copied there at each checkpoint, every %d s and at the end",
+                        self.workdir, self.local, self.sync_seconds)
+
+    def push(self, flush=None) -> bool:
+        """Copy the mirror's new and changed files to the bucket (``flush`` first: e.g. the metric
+        writer's); True when every file got there. No-op for a local workdir."""
+        if not self.enabled:
+            return True
+        if flush is not None:
+            flush()
+        failed = []
+        for relative in self._files():
+            local = os.path.join(self.local, relative)
+            try:
+                stat = os.stat(local)  # before reading: a write meanwhile is copied at the next push
+            except FileNotFoundError:  # removed meanwhile (e.g. metrics.jsonl.tmp)
+                continue
+            key = (stat.st_size, stat.st_mtime_ns)
+            if self._pushed.get(relative) == key:
+                continue
+            try:
+                _copy(local, self.remote_path(local))
+            except Exception as e:  # network, permissions, quota: keep training, retry next time
+                failed.append(f"{relative} ({type(e).__name__}: {e})")
+                continue
+            self._pushed[relative] = key
+        self._last_push = time.monotonic()
+        if failed:
+            logging.error("could not copy %d file(s) to %s: %s; they are kept in %s and copied again at "
+                          "the next checkpoint or sync", len(failed), self.workdir, "; ".join(failed[:5]),
+                          self.local)
+        return not failed
+
+    def push_if_due(self, flush=None) -> bool:
+        """:meth:`push` when :data:`SYNC_SECONDS` passed since the last one."""
+        if self.enabled and time.monotonic() - self._last_push >= self.sync_seconds:
+            return self.push(flush)
+        return True
 
 
 class DataStats:

@@ -123,3 +123,55 @@ def test_missing_projector_tensor_is_named(llava, tmp_path):
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="multi_modal_projector.linear_2.bias"):
         hf.from_pretrained(tmp_path)
+
+
+def test_scanned_tower_and_decoder_match_and_round_trip(llava, tmp_path):
+    """``vision={...}`` lays out the image tower (scan + remat) as the top-level options lay out the
+    language model: same logits as transformers, the build options record both (an orbax checkpoint
+    rebuilds the layout) and the export loads in transformers with the original tensors."""
+    import torch
+    import transformers as tf
+
+    from mathvlm import convert
+    torch_model, folder = llava
+    options = {"scan_layers": True, "remat": "dots_saveable",
+               "vision": {"scan_layers": True, "remat": "full"}}
+    model = hf.from_pretrained(folder, **options)
+    assert (model.config.vision.scan_layers, model.config.vision.remat) == (True, "full")
+    assert (model.config.decoder.scan_layers, model.config.decoder.remat) == (True, "dots_saveable")
+    assert model.vision_tower.layers.self_attn.q_proj.kernel.shape[0] == 3
+    tokens, images = _batch()
+    with torch.no_grad():
+        ref = torch_model(input_ids=torch.tensor(tokens),
+                          pixel_values=torch.tensor(images.transpose(0, 3, 1, 2))).logits.numpy()
+    logits = np.asarray(model(tokens, images))
+    assert float(np.abs(logits - ref).max()) <= 1e-4
+    plain = np.asarray(hf.from_pretrained(folder)(tokens, images))
+    assert float(np.abs(logits - plain).max()) <= 1e-5 * float(np.abs(plain).max())
+
+    recorded = hf.format_for_model(model).build_options(model)
+    assert recorded == {"param_dtype": "float32", "dtype": None, "scan_layers": True,
+                        "remat": "dots_saveable",
+                        "vision": {"param_dtype": "float32", "dtype": None, "scan_layers": True,
+                                   "remat": "full", "attention_impl": "auto"}}
+    convert.save_orbax(model, str(tmp_path / "orbax"))
+    restored = convert.load_orbax(str(tmp_path / "orbax"))
+    assert restored.config == model.config
+    np.testing.assert_array_equal(np.asarray(restored(tokens, images)), logits)
+
+    hf.save_pretrained(model, tmp_path / "hf")
+    original = load_file(os.path.join(folder, "model.safetensors"))
+    written = load_file(tmp_path / "hf" / "model.safetensors")
+    assert sorted(original) == sorted(written)
+    for key in original:
+        np.testing.assert_array_equal(original[key], written[key], err_msg=key)
+    tf.LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf")
+
+
+def test_tower_options_are_checked(llava):
+    _, folder = llava
+    with pytest.raises(ValueError, match="scan_layers") as err:
+        hf.from_pretrained(folder, vision={"num_layers": 2})
+    assert "num_layers" in str(err.value)
+    with pytest.raises(ValueError, match="dots_with_no_batch_dims"):
+        hf.from_pretrained(folder, vision={"remat": "sometimes"})

@@ -1,4 +1,5 @@
-"""HF CLIPVisionModel / SiglipVisionModel / CLIPModel ↔ mathvlm: parity, strict loading, round trips."""
+"""HF CLIPVisionModel / SiglipVisionModel / CLIPModel ↔ mathvlm: parity, strict loading, round trips
+(image towers also scanned: one stacked layer module under ``jax.lax.scan``)."""
 
 import os
 import shutil
@@ -21,6 +22,8 @@ SIGLIP_TEXT = {"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 
                "num_attention_heads": 2, "vocab_size": 99, "max_position_embeddings": 12,
                "projection_size": 32, "eos_token_id": 98, "bos_token_id": 97, "pad_token_id": 1}
 TOL = 1e-4
+# Loader option of a scanned, rematerialised image tower (any tower-holding folder takes it).
+SCANNED = {"vision": {"scan_layers": True, "remat": "dots_with_no_batch_dims"}}
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +63,12 @@ def _maxdiff(a, b):
     return float(np.abs(np.asarray(a) - np.asarray(b)).max())
 
 
+@pytest.mark.parametrize("scan", [False, True])
 @pytest.mark.parametrize("name", ["clip_vision", "siglip_vision"])
-def test_vision_tower_matches_transformers(folders, name):
+def test_vision_tower_matches_transformers(folders, name, scan):
     torch_model, folder = folders[name]
-    model = hf.from_pretrained(folder)
-    assert isinstance(model, ViT)
+    model = hf.from_pretrained(folder, **(SCANNED if scan else {}))
+    assert isinstance(model, ViT) and model.config.scan_layers == scan
     images = _images()
     ref = _torch_vision(torch_model, images)
     last, pooled = model(images)
@@ -142,12 +146,20 @@ def test_text_tower_matches_transformers(folders, name):
     assert max(diffs.values()) <= 1e-5, diffs
 
 
-@pytest.mark.parametrize("name", ["clip_vision", "siglip_vision", "clip", "siglip", "clip_text",
-                                  "siglip_text"])
-def test_round_trip_is_exact_and_loadable(folders, name, tmp_path):
+@pytest.mark.parametrize("name,scan", [
+    (name, False) for name in ("clip_vision", "siglip_vision", "clip", "siglip", "clip_text",
+                               "siglip_text")] + [
+    (name, True) for name in ("clip_vision", "siglip_vision", "clip", "siglip")])
+def test_round_trip_is_exact_and_loadable(folders, name, scan, tmp_path):
     import transformers as tf
     _torch_model, folder = folders[name]
-    hf.save_pretrained(hf.from_pretrained(folder), tmp_path)
+    model = hf.from_pretrained(folder, **(SCANNED if scan else {}))
+    if scan:   # the stacked layout is what is written from, and the build options say so
+        tower = model if isinstance(model, ViT) else model.vision_model
+        assert tower.config.scan_layers and tower.layers.mlp.fc1.kernel.shape[0] == 3
+        options = hf.format_for_model(model).build_options(model)
+        assert options.get("vision", options)["scan_layers"] is True
+    hf.save_pretrained(model, tmp_path)
     original, written = load_file(os.path.join(folder, "model.safetensors")), load_file(
         tmp_path / "model.safetensors")
     assert sorted(original) == sorted(written)

@@ -132,7 +132,7 @@ def test_registered_term_prefix_and_chunked_path():
     logits = jnp.asarray(hidden @ kernel)
     batch = {"weak_targets": targets, "weak_loss_mask": mask}
     plain, _ = fn({"weak_logits": logits}, batch, prefix="weak_")
-    chunked, _ = fn({"weak_hidden": hidden, "unembed_kernel": kernel}, batch, prefix="weak_",
+    chunked, _ = fn({"weak_hidden": hidden, "weak_unembed": kernel}, batch, prefix="weak_",
                     chunk_size=4)
     np.testing.assert_allclose(chunked, plain, rtol=1e-5)
     np.testing.assert_allclose(plain, next_token_loss(logits, targets, mask)[0])

@@ -73,7 +73,7 @@ def test_sharded_equals_single_device(mesh, name):
 
     def value_and_grads(outputs, batch, kernel):
         def objective(outputs, kernel):
-            return loss_fn({**outputs, "unembed_kernel": kernel}, batch)
+            return loss_fn({**outputs, "unembed": kernel}, batch)
         return jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(outputs, kernel)
 
     single = jax.jit(value_and_grads)(outputs, batch, kernel)

@@ -80,6 +80,31 @@ def test_pair_step_learns(tmp_path):
     assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0]
 
 
+def test_pair_step_with_chunked_logits_equals_full_logits_on_the_mesh(tmp_path):
+    """``train.logits_chunk`` (40 positions: does not divide seq_len 96) through the
+    Trainer on 8 devices with FSDP: the first step's loss, metrics and gradient norm are those of
+    the full logits."""
+    rows = [{"instruction": f"A rectangle is {a} by {b}. Find its area.", "output": f"{a * b}",
+             "instruction_2": "Find the area.", "output_2": f"{a * b}"}
+            for a, b in [(3, 4), (5, 2), (6, 7), (8, 3), (2, 9), (4, 4), (7, 5), (9, 9)]]
+    data = {"source": "conversations", "format": "puma_pairs",
+            "path": write_rows(tmp_path, "pairs.json", rows)}
+    terms = [{"name": "puma_kl", "weight": 1.0, "mode": "official"},
+             {"name": "next_token", "weight": 0.5, "prefix": "weak_", "label": "weak_ce"}]
+    metrics = []
+    for chunk in (0, 40):
+        config = make_config(data, terms, "pair")
+        config.unlock()
+        config.train.logits_chunk = chunk
+        trainer = Trainer(config, sharding.make_mesh(config.mesh))
+        batch = next(pipeline.make_iterator(config.data, seed=0))
+        metrics.append(jax.tree.map(np.asarray, trainer.step(batch)))
+    full, chunked = metrics
+    assert np.isfinite(full["loss"]) and float(full["puma_kl/kl"]) > 0
+    for key in full:
+        np.testing.assert_allclose(chunked[key], full[key], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
 def test_preference_step_starts_at_log2_and_learns(tmp_path):
     rows = [{"prompt": f"What is {a}+{b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1}"}
             for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2), (4, 1), (6, 3), (9, 9)]]
