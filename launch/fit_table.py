@@ -17,9 +17,9 @@ table is rendered from that file.
   each a full compile, until one does not fit.
 
 Peaks are XLA's per-chip figures (arguments + temporaries when larger, as ``aot_compile`` reports them).
-The estimated step time is the TPU compiler's own cost model (``optimal_seconds``); like its FLOP count it
-visits a scanned layer's body once, so the implied MFU (its FLOPs over its time, against the chip's
-peak) describes the compiled ops, not a measured step.
+The estimated step time is the TPU compiler's own cost model (``optimal_seconds``, left out when it is
+not positive); like its FLOP count it visits a scanned layer's body once, so the implied MFU (its
+FLOPs over its time, against the chip's peak) describes the ops XLA counts, not a measured step.
 """
 
 from __future__ import annotations
@@ -125,14 +125,18 @@ def render(results: dict, rows, generations) -> str:
             before = results.get(cell_key(row, topology, "before", 1))
             after = results.get(cell_key(row, topology, "after", 1))
             prefix = f"{row.key}|{topology}|after|"
-            fitting = [int(k[len(prefix):]) for k, r in results.items()
-                       if k.startswith(prefix) and r.get("fits")]
+            tried = {int(k[len(prefix):]): r.get("fits", False) for k, r in results.items()
+                     if k.startswith(prefix)}
+            fitting = [b for b, fits in tried.items() if fits]
+            # "≥ b" when the largest batch tried fits (the search stopped at --search, not at HBM).
+            largest = ("none" if not fitting else f"≥ {max(fitting)}" if max(fitting) == max(tried)
+                       else str(max(fitting)))
             ref = after if after and after.get("fits") else None
             any_result = ref or after or before or {}
             step_s, mfu = (ref or {}).get("optimal_seconds"), (ref or {}).get("implied_mfu")
             cols = [row.title, topology, f"1 × {any_result.get('seq', row.seq)}", describe(before),
                     describe(after), str(any_result.get("hbm_gib", "")),
-                    str(max(fitting)) if fitting else "none",
+                    largest,
                     f"{ref['tflops_6nd_per_device_step']:.1f}" if ref else "",
                     f"{step_s:.3g}" if step_s else "", f"{mfu:.0%}" if mfu is not None else ""]
             lines.append("| " + " | ".join(cols) + " |")
