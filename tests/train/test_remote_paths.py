@@ -24,10 +24,8 @@ import urllib.parse
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from etils import epath
-from flax import nnx
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from ml_collections import ConfigDict
@@ -40,6 +38,7 @@ from mathvlm import main as entry
 from mathvlm.train import checkpoint as checkpoint_lib
 from mathvlm.train import metrics
 from mathvlm.train.checkpoint import Checkpointer
+from tests.train.test_checkpoint import make  # the sharded model + Adam state those tests save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "configs", "text_demo.py")
@@ -224,18 +223,6 @@ def gcs(gcs_server, monkeypatch, tmp_path, request):
     _clear_caches()
 
 
-class Small(nnx.Module):
-    def __init__(self, rngs):
-        self.w = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (8, 16)), out_sharding=("embed", "mlp"))
-        self.b = nnx.Param(jnp.zeros((16,), jnp.bfloat16), out_sharding=("norm",))
-
-
-def make(mesh, rules):
-    """A sharded model + Adam state (as tests/train/test_checkpoint.py)."""
-    def build():
-        model = Small(nnx.Rngs(0))
-        return model, nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
-    return nnx.state(sharding.create_sharded(build, mesh, rules))
 
 
 def data_iterator():
