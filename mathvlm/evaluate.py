@@ -199,7 +199,7 @@ def load_model(config, *, checkpoint: str | None = None, hf: str | None = None, 
     start, LoRA adapters), with its parameters from a training checkpoint, or a transformers folder."""
     from mathvlm import sharding
     from mathvlm.train.build import hf_options, init_model
-    from mathvlm.train.init import checkpoint_state_dir
+    from mathvlm.train.warm_start import checkpoint_state_dir
 
     mesh, rules = sharding.make_mesh(config.mesh), config.sharding.rules
     if hf:

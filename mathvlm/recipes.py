@@ -111,7 +111,7 @@ def real_vlm(hf: str) -> ConfigDict:
     memory at 7B/13B); attention is the platform's fused kernel (the models' ``attention_impl="auto"``)."""
     if not hf:
         raise mc.ConfigError("real sizes need hf=<local LLaVA-format transformers folder> (image tower, "
-                             "projector and LLM; assemble one from released parts with `python -m mathvlm.convert "
+                             "projector and LLM; assemble one from released parts with `python -m mathvlm.tools.convert "
                              "build-vlm --vision DIR --llm DIR --projector KIND --out DIR`)")
     return ConfigDict({"name": "hf", "dtype": "bfloat16", "param_dtype": "float32",
                        "scan_layers": True, "remat": "full",

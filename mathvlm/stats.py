@@ -1,4 +1,4 @@
-"""Statistics for sweeps with several seeds (numpy only, pure functions; :mod:`mathvlm.sweep` uses them).
+"""Statistics for sweeps with several seeds (numpy only, pure functions; :mod:`mathvlm.tools.sweep` uses them).
 
 The data of one grid point is a 0/1 matrix ``correct[seeds, items]``: row ``s`` is the run with model and
 data seed ``s``, column ``i`` one held-out item (the same items, in the same order, for every run).

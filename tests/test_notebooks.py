@@ -1,6 +1,6 @@
 """The research notebooks run (nbclient) on tiny artifacts made here: inspect_checkpoint.ipynb restores a
 2-way FSDP classifier checkpoint onto another mesh and onto one device; complexity_ablation.ipynb says
-what to run when a sweep has no results yet (tests/test_sweep.py runs it on a real sweep);
+what to run when a sweep has no results yet (tests/tools/test_sweep.py runs it on a real sweep);
 data_engine_gallery.ipynb shows every family, version, complexity level and clarity degradation."""
 
 import os
@@ -53,7 +53,7 @@ def test_inspect_checkpoint_restores_a_sharded_run_onto_other_meshes(tmp_path):
 
 def test_complexity_ablation_without_results_says_what_to_run(tmp_path):
     text = run_notebook("complexity_ablation.ipynb", {"MATHVLM_SWEEP": str(tmp_path)})
-    assert "python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py --run" in text
+    assert "python -m mathvlm.tools.sweep --config configs/ablations/complexity_ratio.py --run" in text
 
 
 def test_data_engine_gallery_shows_every_family_level_and_clarity():

@@ -2,16 +2,16 @@
 drawn in different mixes of complexity levels 0:1:2:3 — 2:3:4:1 (the paper's choice, MathVista 38.2),
 3:3:3:1 (36.0), 4:3:2:1 (36.4), 2:4:3:1 (35.1) — plus the uniform 1:1:1:1.
 
-    python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py --print     # launch commands
-    python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py --run       # one after another
-    python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py:mixes=2:3:4:1/1:1:1:1 --run --steps 50
+    python -m mathvlm.tools.sweep --config configs/ablations/complexity_ratio.py --print     # launch commands
+    python -m mathvlm.tools.sweep --config configs/ablations/complexity_ratio.py --run       # one after another
+    python -m mathvlm.tools.sweep --config configs/ablations/complexity_ratio.py:mixes=2:3:4:1/1:1:1:1 --run --steps 50
     # 3 seeds per mix, split over 4 cluster jobs (job i runs --shard i/4), then one collection:
-    python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py --seeds 3 --print
-    python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py --seeds 3 --run --shard 1/4
-    python -m mathvlm.sweep --config configs/ablations/complexity_ratio.py --seeds 3 --collect --baseline 1:1:1:1
+    python -m mathvlm.tools.sweep --config configs/ablations/complexity_ratio.py --seeds 3 --print
+    python -m mathvlm.tools.sweep --config configs/ablations/complexity_ratio.py --seeds 3 --run --shard 1/4
+    python -m mathvlm.tools.sweep --config configs/ablations/complexity_ratio.py --seeds 3 --collect --baseline 1:1:1:1
 
 The config is the base recipe (``configs/math_llava/finetune.py``, so ``python -m mathvlm.main`` with this
-file trains the first mix) plus a ``sweep`` group that :mod:`mathvlm.sweep` expands: one run per value of
+file trains the first mix) plus a ``sweep`` group that :mod:`mathvlm.tools.sweep` expands: one run per value of
 ``sweep.axis`` (the base recipe's arg ``ratio``) and seed, each in ``<sweep.workdir>/<name>``
 (``ratio_2-3-4-1``, or ``ratio_2-3-4-1_s<k>`` with several seeds); ``--collect`` (or an unsharded ``--run``)
 writes ``results.csv``, ``results_summary.csv`` (accuracy per mix with 95% intervals, and each mix against

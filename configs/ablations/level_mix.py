@@ -3,8 +3,8 @@ already reads its pictures, on problems whose levels differ in difficulty, every
 held-out problems, ``seeds`` runs per mix.
 
     python -m mathvlm.main --config configs/demo.py --workdir runs/demo                   # the start
-    python -m mathvlm.sweep --config configs/ablations/level_mix.py --run                 # 6 mixes × 3 seeds
-    python -m mathvlm.sweep --config configs/ablations/level_mix.py:init=runs/grounding/instruct --print
+    python -m mathvlm.tools.sweep --config configs/ablations/level_mix.py --run                 # 6 mixes × 3 seeds
+    python -m mathvlm.tools.sweep --config configs/ablations/level_mix.py:init=runs/grounding/instruct --print
 
 The start (``init``) is the demo's instruction-tuned stage (or ``configs/experiments/grounding.py``'s): a
 frozen CLIP-Math tower with calibrated features that answers ``function_shape`` problems from the picture.
@@ -15,7 +15,7 @@ extrema, integrals read off a graph: levels 0–3 by skill) stay near chance at 
 level 0 is where the mix can show: a mix's share of level 0 decides how much of what the start knows is
 rehearsed. Math-LLaVA's five Table 8 mixes give level 0 20–40% of the rows, and ``0:1:1:1`` none. The
 held-out evaluator asks ``eval_examples`` vision-dominant problems of both families (the same for every
-run); :mod:`mathvlm.sweep` reports accuracy per level with 95% intervals and tests each mix against
+run); :mod:`mathvlm.tools.sweep` reports accuracy per level with 95% intervals and tests each mix against
 2:3:4:1.
 """
 

@@ -1,7 +1,7 @@
 """Math-LLaVA's image classifiers (seeds-digest §2.4): a ViT with a new linear head trained with
 cross-entropy to rate an image's comprehension complexity (4 levels, ``label=complexity``) or its
 clarity (0 blurred/poor, 1 clear; ``label=clarity``). Their scores drive data selection
-(``python -m mathvlm.select``).
+(``python -m mathvlm.tools.select``).
 
     python -m mathvlm.main --config configs/math_llava/complexity_classifier.py:size=tiny --workdir runs/complexity
     python -m mathvlm.main --config configs/math_llava/complexity_classifier.py:size=tiny,label=clarity \
@@ -9,7 +9,7 @@ clarity (0 blurred/poor, 1 clear; ``label=clarity``). Their scores drive data se
     python -m mathvlm.main --workdir runs/complexity_l --config \
         configs/math_llava/complexity_classifier.py:size=vit-l,init=runs/clip_math_l,data=labels.jsonl,image_root=/data/images
 
-Tiny, measured on held-out engine images (``python -m mathvlm.select --classifier RUN --heldout 256``):
+Tiny, measured on held-out engine images (``python -m mathvlm.tools.select --classifier RUN --heldout 256``):
 complexity after the default 300 steps 57% (majority class 49%); clarity after 40 steps 85% (52%).
 
 Labels come from the data engine (complexity for free; clarity from degraded copies) unless ``data=``

@@ -7,7 +7,7 @@ distribution (KL, the strong pass a fixed target) plus its own next-token loss (
         configs/math_puma/kl_align.py:size=7b,hf=/ckpt/puma-qwen2-7b-vlm,data=/data/stage2/train.json,image_root=/data/stage2
 
 ``hf`` is the stage's starting VLM: SigLIP-so400m + the stage-1 LLM + the gated aligner, assembled by
-``python -m mathvlm.convert build-vlm --vision /ckpt/siglip-so400m-patch14-384 --llm EXPORTED_STAGE1
+``python -m mathvlm.tools.convert build-vlm --vision /ckpt/siglip-so400m-patch14-384 --llm EXPORTED_STAGE1
 --projector gated --out DIR``. Alternatively ``llm=runs/puma1_7b`` loads the stage-1 run's LLM straight
 from its checkpoint into that VLM's decoder (``init.params=:decoder``).
 

@@ -1,7 +1,7 @@
 """MAVIS stage 4, DPO: the stage-3 model prefers the engine's chain of thought (chosen) over its own
 wrong one (rejected); only LoRA trains, the reference is the frozen stage-3 model (seeds-digest §1.3).
 
-    python -m mathvlm.dpo_pairs --config configs/mavis/instruct.py:size=tiny --checkpoint runs/instruct \
+    python -m mathvlm.tools.dpo_pairs --config configs/mavis/instruct.py:size=tiny --checkpoint runs/instruct \
         --num 512 --out runs/dpo_pairs
     python -m mathvlm.main --config configs/mavis/dpo.py:size=tiny,init=runs/instruct,data=runs/dpo_pairs/pairs.jsonl \
         --workdir runs/dpo
@@ -18,7 +18,7 @@ SIZES = ("tiny", "7b")
 
 
 def get_config(arg=None):
-    # data: preference rows from `python -m mathvlm.dpo_pairs` (its --out folder + /pairs.jsonl).
+    # data: preference rows from `python -m mathvlm.tools.dpo_pairs` (its --out folder + /pairs.jsonl).
     arg = mc.parse_arg(arg, size="tiny", hf="", init="", data="runs/dpo_pairs/pairs.jsonl", steps=0,
                        beta=0.1, eval_examples=48)
     recipes.check_size(arg.size, SIZES)

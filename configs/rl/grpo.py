@@ -18,7 +18,7 @@ evaluation and schedule, trained on the engine's answers (``prompts`` rows a ste
 ``size=tiny``: the model, tokenizer, template, families and answer form are those of the ``init`` run
 (its ``config.json``; e.g. the demo's instruct stage: letter answers, so no reasoning is asked); the
 projector and LLM train; the reference is a frozen copy. ``size=7b``: a LLaVA-format folder ``hf``
-(imported with ``python -m mathvlm.convert import`` or exported by an earlier stage), LoRA r=64 on the
+(imported with ``python -m mathvlm.tools.convert import`` or exported by an earlier stage), LoRA r=64 on the
 LLM, the reference is the same weights with LoRA switched off (no second copy), chain-of-thought
 completions up to 512 tokens, parameters sharded over every chip.
 """

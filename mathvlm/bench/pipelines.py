@@ -1,7 +1,7 @@
 """``python -m mathvlm.bench engine`` and ``... loader``: the input side.
 
-* engine — diagrams/s per core of the data engine (:mod:`mathvlm.data.engine`, the same loops as
-  ``python -m mathvlm.data.engine bench``): render only, and full records (problem, texts, render).
+* engine — diagrams/s per core of the data engine (:mod:`mathvlm.engine`, the same loops as
+  ``python -m mathvlm.engine bench``): render only, and full records (problem, texts, render).
   "Per core" is diagrams per CPU-second of this single-threaded process, which a busy machine does not
   distort; the wall-clock rate is printed next to it.
 * loader — samples/s of a tiny training config's data pipeline (the iterator the trainer reads, and
@@ -44,8 +44,8 @@ def _rate(fn, seconds: float) -> tuple[float, float, int]:
 
 
 def run_engine(args) -> dict:
-    from mathvlm.data.engine import core
-    from mathvlm.data.engine.render import random_style
+    from mathvlm.engine import core
+    from mathvlm.engine.render import random_style
 
     seconds = 0.3 if args.quick else args.seconds
     size = args.image_size

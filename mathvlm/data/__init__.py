@@ -16,4 +16,5 @@ Image, pair (``strong_*`` / ``weak_*``) and preference (``chosen_*`` / ``rejecte
 table; each source documents the keys it adds.
 """
 
-from mathvlm.data import engine, engine_labels, engine_rows, pipeline, text, text_math  # noqa: F401  (registers sources)
+from mathvlm import engine  # noqa: F401  (registers source "engine")
+from mathvlm.data import arithmetic, engine_labels, engine_rows, pipeline, tokenization  # noqa: F401  (registers sources)

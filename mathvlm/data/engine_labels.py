@@ -29,12 +29,12 @@ from PIL import Image, ImageFilter
 from mathvlm import registry
 from mathvlm.data import images as image_ops
 from mathvlm.data import readers
-from mathvlm.data.engine import core, text
-from mathvlm.data.engine.common import FAMILIES
+from mathvlm.engine import core, wording
+from mathvlm.engine.common import FAMILIES
 from mathvlm.data.sources import SKIP_REASONS
 
 LABELS = {"complexity": 4, "clarity": 2}   # label kind → number of classes
-IMAGE_VERSIONS = tuple(v for v in text.VERSIONS if v != "text_only")
+IMAGE_VERSIONS = tuple(v for v in wording.VERSIONS if v != "text_only")
 DEGRADATIONS = ("blur", "noise", "downscale")
 # Streams of np.random.default_rng([seed, index, stream]) beyond the engine's own (core._STREAM).
 _CLARITY_STREAM, _DEGRADE_STREAM = 29, 31

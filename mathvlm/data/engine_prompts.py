@@ -4,7 +4,7 @@ Shared by the ``engine_instruct`` training source and the ``engine_heldout`` eva
 asked at evaluation exactly what it was taught: the user turn is the record's ``question`` (or
 ``question_mc``, which lists the options, for multiple choice) preceded by the image mark when the record
 has an image; the assistant turn is the chain of thought ``cot`` / ``cot_mc``, whose last line is
-:func:`mathvlm.data.engine.text.cot_text`'s ``The answer is X.`` / ``The answer is X, which is option L.``.
+:func:`mathvlm.engine.wording.cot_text`'s ``The answer is X.`` / ``The answer is X, which is option L.``.
 Answers are read back from that same line.
 
 Pure text on plain dicts (no numpy, JAX or engine import), so either side can use it without the other.
@@ -56,7 +56,7 @@ def engine_prompt(record: dict, multiple_choice: bool = False) -> str:
     key = "question_mc" if multiple_choice else "question"
     if key not in record:
         raise KeyError(f"engine record {record.get('id', '?')} has no {key!r}; make it with "
-                       "mathvlm.data.engine.core.make_record(..., kind='instruct')")
+                       "mathvlm.engine.core.make_record(..., kind='instruct')")
     return str(record[key])
 
 

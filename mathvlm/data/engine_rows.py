@@ -12,7 +12,7 @@ One source, ``engine_vlm``, three tasks (``data.task``), each a stage of the pap
   problem, same answer, same CoT (see :func:`mathvlm.data.sources.join_members`).
 
 Rows come from the on-the-fly engine or, with ``data.path``, from a dataset the engine's TFDS builder
-wrote (``python -m mathvlm.data.engine build --kind ... --out DIR``; ``data.path`` is the builder's
+wrote (``python -m mathvlm.engine build --kind ... --out DIR``; ``data.path`` is the builder's
 version folder, e.g. ``DIR/math_engine_instruct/1.0.0``), read by random access from its ArrayRecord
 files. Built instruct records keep the version drawn at build time.
 
@@ -27,8 +27,8 @@ import numpy as np
 
 from mathvlm import registry
 from mathvlm.data import engine_prompts
-from mathvlm.data.engine import core
-from mathvlm.data.engine.text import VERSIONS
+from mathvlm.engine import core
+from mathvlm.engine.wording import VERSIONS
 from mathvlm.data.sources import RowBuilder, join_members
 
 TASKS = ("caption", "instruct", "pairs")
@@ -50,7 +50,7 @@ def parse_versions(spec) -> tuple[str, ...]:
 
 def instruct_form(seed: int, index: int, versions, multiple_choice: float) -> tuple[str, bool]:
     """The version and the multiple-choice flag of example ``index``: a pure function of the seed and
-    index, so the DPO pair builder (:mod:`mathvlm.dpo_pairs`) asks exactly what training showed."""
+    index, so the DPO pair builder (:mod:`mathvlm.tools.dpo_pairs`) asks exactly what training showed."""
     version = versions[int(np.random.default_rng([seed, index, 17, 0]).integers(len(versions)))]
     draw = int(np.random.default_rng([seed, index, 17, 1]).integers(1_000_000))
     return version, draw < multiple_choice * 1_000_000
@@ -62,7 +62,7 @@ def _pair_member(record: dict, side: str) -> dict:
     key = side + "_question_mc"
     if key not in record:
         raise KeyError(f"pair record {record.get('id', '?')} has no {key!r}: a pairs dataset built before "
-                       "engine version 1.1.0; rebuild it with python -m mathvlm.data.engine build --kind pairs")
+                       "engine version 1.1.0; rebuild it with python -m mathvlm.engine build --kind pairs")
     return {"id": f"{record['id']}/{side}", "question": record[side + "_question"], "has_image": 1,
             "question_mc": record[key],
             "cot": record["cot"], "cot_mc": record["cot_mc"], "answer_mc": record["answer_mc"]}

@@ -1,7 +1,7 @@
 """An OpenAI-compatible chat-completions client for data augmentation, and Math-LLaVA's four GPT-4V prompts.
 
 Off by default: nothing is ever sent unless a client is built from an explicit configuration
-(:func:`load_config`, the ``--client-config FILE.json`` of ``python -m mathvlm.data.augment``). Standard
+(:func:`load_config`, the ``--client-config FILE.json`` of ``python -m mathvlm.tools.augment``). Standard
 library only (``urllib.request``); images travel as base64 data URLs in the OpenAI vision message format
 (``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``).
 

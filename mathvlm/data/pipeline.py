@@ -5,7 +5,7 @@ mixes several, each row tagged with ``mix_id`` (its component's index) so the tr
 realised mix. ``data.complexity_ratio`` (e.g. ``(2, 3, 4, 1)``, Math-LLaVA's default) re-weights a source
 whose rows have complexity levels 0–3 (the source exposes ``levels``, an int array per index): rows are
 drawn level by level in that proportion, each level cycling through its own rows, and tagged ``level``.
-(Selecting a fixed subset with "take all of a level" is :mod:`mathvlm.select`'s job.)
+(Selecting a fixed subset with "take all of a level" is :mod:`mathvlm.tools.select`'s job.)
 
 ``data.packing: True`` (text-only rows) packs several rows into each ``seq_len`` row, see
 :class:`PackedBatches`. ``data.length_buckets`` cuts each batch to the smallest bucket holding its
@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 
 from mathvlm import registry
 from mathvlm.data.sources import SKIP_REASONS
-from mathvlm.data.text import load_tokenizer
+from mathvlm.data.tokenization import load_tokenizer
 
 
 _SEQUENCE_KEYS = ("tokens", "targets", "loss_mask", "attention_mask")

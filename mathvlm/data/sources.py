@@ -18,7 +18,7 @@ from absl import logging
 from mathvlm import registry
 from mathvlm.data import images as image_ops
 from mathvlm.data import readers, templates
-from mathvlm.data.text import pack_tokens
+from mathvlm.data.tokenization import pack_tokens
 
 SKIP_REASONS = ("ok", "missing_image", "corrupt_image", "too_long")
 
@@ -135,7 +135,7 @@ class EngineCaptionSource:
     (``[bos] caption [eos]``, cut to ``seq_len`` as CLIP cuts to 77 — the count is ``truncated``)."""
 
     def __init__(self, data_config, *, seed: int, tokenizer):
-        from mathvlm.data.engine.core import EngineSource
+        from mathvlm.engine.core import EngineSource
 
         engine_config = data_config.to_dict() | {"kind": "caption"}
         self.engine = EngineSource(type(data_config)(engine_config), seed=seed)

@@ -6,6 +6,6 @@ this package imports only JAX-free modules eagerly; evaluators that need a model
 """
 
 from mathvlm.eval import (
+    arithmetic,  # noqa: F401  (registers the "text_math" evaluator)
     evaluators,  # noqa: F401  (registers the benchmark evaluators)
-    text_math,  # noqa: F401  (registers the "text_math" evaluator)
 )

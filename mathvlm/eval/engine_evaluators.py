@@ -66,13 +66,13 @@ class EngineHeldoutEvaluator(ResponseEvaluator):
         """The held-out records, made once (rendering images costs ~ms each)."""
         if self._records is None:
             # Imported here: mathvlm.data pulls grain (and with it JAX), which this package avoids.
-            from mathvlm.data.engine import text
-            from mathvlm.data.engine.common import FAMILIES, HELDOUT_OFFSET
-            from mathvlm.data.engine.core import make_record
+            from mathvlm.engine import wording
+            from mathvlm.engine.common import FAMILIES, HELDOUT_OFFSET
+            from mathvlm.engine.core import make_record
 
-            unknown = sorted(set(self.versions) - set(text.VERSIONS))
+            unknown = sorted(set(self.versions) - set(wording.VERSIONS))
             if unknown or not self.versions:
-                raise ValueError(f"engine_heldout: versions {unknown or '()'} unknown; choose from {text.VERSIONS}")
+                raise ValueError(f"engine_heldout: versions {unknown or '()'} unknown; choose from {wording.VERSIONS}")
             self._records = [make_record(self.seed + HELDOUT_OFFSET, index, kind="instruct", version=version,
                                          image_size=self.image_size, families=self.families or FAMILIES)
                              for version in self.versions for index in range(self.num_examples)]
@@ -175,7 +175,7 @@ class EngineRetrievalEvaluator:
             from ml_collections import ConfigDict
 
             from mathvlm.data.sources import EngineCaptionSource
-            from mathvlm.data.text import load_tokenizer
+            from mathvlm.data.tokenization import load_tokenizer
 
             config = ConfigDict({**self.data_config.to_dict(), "split": "heldout"})
             source = EngineCaptionSource(config, seed=self.seed,

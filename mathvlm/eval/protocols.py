@@ -5,7 +5,7 @@
 A protocol config names its evaluators (benchmark, prompt variant, files), the paper's decoding and the
 columns of its table row; everything model-specific comes from the transformers folder given with
 ``--hf`` (:func:`folder_settings`): the tokenizer (the folder's own files), the chat template
-(``mathvlm_template`` in config.json, written by ``python -m mathvlm.convert build-vlm`` / ``export``),
+(``mathvlm_template`` in config.json, written by ``python -m mathvlm.tools.convert build-vlm`` / ``export``),
 the image size and image tokens (``vision_config``, ``vision_feature_select_strategy``) and the image
 preprocessing (``preprocessor_config.json``). ``--data`` sets every evaluator's ``data_dir``.
 
@@ -128,14 +128,14 @@ def folder_settings(folder: str, *, template: str = "", image_preprocess: str = 
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--hf {folder}: no config.json; give a transformers folder (e.g. written by "
-                                "`python -m mathvlm.convert build-vlm` or `export`)")
+                                "`python -m mathvlm.tools.convert build-vlm` or `export`)")
     with open(path) as f:
         hf_config = json.load(f)
     if not hf_config.get("vision_config"):
         raise ValueError(f"{path} has no vision_config: the protocols evaluate a VLM (LLaVA-format) folder")
     template = template or hf_config.get("mathvlm_template", "")
     if not template:
-        raise ValueError(f"{path} has no 'mathvlm_template' (folders written by `python -m mathvlm.convert "
+        raise ValueError(f"{path} has no 'mathvlm_template' (folders written by `python -m mathvlm.tools.convert "
                          "build-vlm` or `export` carry it); name the model's chat template with the config arg "
                          f"template=..., e.g. --config configs/eval/<protocol>.py:template=vicuna_v1 "
                          f"(templates: {sorted(templates.TEMPLATES)})")
@@ -194,7 +194,7 @@ def prepare(config, *, hf: str | None, data: str | None, specs: list[dict]) -> l
         return specs
     if not hf:
         raise ValueError(f"{config.protocol}: a protocol config evaluates a transformers folder; pass --hf DIR "
-                         "(a training run: `python -m mathvlm.convert export RUN --out DIR` first)")
+                         "(a training run: `python -m mathvlm.tools.convert export RUN --out DIR` first)")
     missing = [s["name"] for s, is_benchmark in zip(specs, benchmark) if is_benchmark and not s.get("data_dir")]
     if missing:
         raise ValueError(f"{config.protocol}: pass --data DIR, the local copy of the benchmark ({missing}); "

@@ -46,7 +46,7 @@ from flax import nnx
 from mathvlm import config as mc
 from mathvlm import registry
 from mathvlm.data import pipeline
-from mathvlm.data.text import load_tokenizer
+from mathvlm.data.tokenization import load_tokenizer
 from mathvlm.losses.next_token import reduce_over_tokens, token_statistics
 from mathvlm.models.vlm import merge_moments
 from mathvlm.train import steps as steps_lib
@@ -122,7 +122,7 @@ def _vlm_runner(model_config, lr, steps, tower_pretrain=0, pretrain_batches=None
         fields["feature_norm"] = "calibrated"
     model = registry.get("model", fields.pop("name"))(**fields, rngs=nnx.Rngs(0))
     if tower_from:
-        from mathvlm.train.init import load_from_checkpoint
+        from mathvlm.train.warm_start import load_from_checkpoint
 
         load_from_checkpoint(model, tower_from, "vision_model:vision_tower")
     if tower_pretrain:

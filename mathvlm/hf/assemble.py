@@ -1,5 +1,5 @@
 """Assemble LLaVA-layout transformers folders: a paper's starting VLM from released parts
-(:func:`build_vlm`, ``python -m mathvlm.convert build-vlm``).
+(:func:`build_vlm`, ``python -m mathvlm.tools.convert build-vlm``).
 
 **build-vlm**: a vision folder (``CLIPVisionModel`` / ``CLIPModel`` / ``SiglipVisionModel`` /
 ``SiglipModel``; the image tower is taken) + a causal-LM folder (Llama / Mistral / Qwen2) → a LLaVA
@@ -422,6 +422,6 @@ def assemble_vlm(vision: Part, llm: Part, out: str, *, projector: str, tokenizer
 
 
 def _trainer_image_names() -> tuple[str, ...]:
-    from mathvlm.data.text import IMAGE_TOKEN_NAMES
+    from mathvlm.data.tokenization import IMAGE_TOKEN_NAMES
 
     return IMAGE_TOKEN_NAMES

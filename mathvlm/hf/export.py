@@ -1,4 +1,4 @@
-"""``python -m mathvlm.convert export``: any training run's model as a transformers folder.
+"""``python -m mathvlm.tools.convert export``: any training run's model as a transformers folder.
 
 A run's config (``config.json`` beside ``checkpoints/``) rebuilds the trained model
 (:func:`mathvlm.train.build.init_model` with ``restore=``), LoRA adapters are folded (``merge_lora``,
@@ -48,7 +48,7 @@ def checkpoint_location(location: str, step: int | None) -> str:
 
 def _tokenizer_sources(config) -> list[tuple[str, str]]:
     """``(what, folder)`` pairs where the run's tokenizer files may be, in order."""
-    from mathvlm.data.text import ENGINE_TOKENIZER
+    from mathvlm.data.tokenization import ENGINE_TOKENIZER
 
     out = []
     init_hf = config.get("init", {}).get("hf", "")
@@ -89,7 +89,7 @@ def export_run(location: str, out: str, *, merge_lora: bool = False, dtype: str 
     from mathvlm import sharding
     from mathvlm.models.lora import merge_lora as fold
     from mathvlm.train import build
-    from mathvlm.train import init as init_lib
+    from mathvlm.train import warm_start
 
     try:
         config = mc.load_run_config(location)
@@ -99,7 +99,7 @@ def export_run(location: str, out: str, *, merge_lora: bool = False, dtype: str 
     _check_out(out, location, config.get("init", {}).get("hf", ""),
                config.get("data", {}).get("tokenizer", ""))
     try:
-        _, restored_step = init_lib.checkpoint_state_dir(restore)
+        _, restored_step = warm_start.checkpoint_state_dir(restore)
     except FileNotFoundError as err:
         raise ConversionError(str(err)) from None
     lora = config.get("lora", None)

@@ -1,9 +1,9 @@
-"""``python -m mathvlm.convert import``: the papers' released checkpoints as folders mathvlm reads.
+"""``python -m mathvlm.tools.convert import``: the papers' released checkpoints as folders mathvlm reads.
 
-    python -m mathvlm.convert import --format llava-original /ckpt/Math-LLaVA \\
+    python -m mathvlm.tools.convert import --format llava-original /ckpt/Math-LLaVA \\
         --vision /ckpt/clip-vit-large-patch14-336 --out /ckpt/math-llava-13b
-    python -m mathvlm.convert import --format puma-qwen2vlm /ckpt/Math-PUMA_Qwen2VL-7B --out /ckpt/puma-7b
-    python -m mathvlm.convert import --format deepseek-vl /ckpt/Math-PUMA_DeepSeek-Math-VL-7B --out DIR
+    python -m mathvlm.tools.convert import --format puma-qwen2vlm /ckpt/Math-PUMA_Qwen2VL-7B --out /ckpt/puma-7b
+    python -m mathvlm.tools.convert import --format deepseek-vl /ckpt/Math-PUMA_DeepSeek-Math-VL-7B --out DIR
 
 * ``llava-original`` — the LLaVA repository's layout (LLaVA-1.5 7B/13B, Math-LLaVA-13B):
   ``LlavaLlamaForCausalLM``, keys ``model.embed_tokens`` / ``model.layers.*`` / ``model.norm`` /
@@ -152,7 +152,7 @@ def _check_config(src: str, config: dict, want: str, hint: str) -> None:
     if config.get("model_type") != want or (want == "llava" and "mm_vision_tower" not in config):
         raise ConversionError(f"{src}/config.json: model_type {config.get('model_type')!r}"
                               f"{'' if 'mm_vision_tower' in config else ' without mm_vision_tower'} is "
-                              f"not the {hint} layout; see `python -m mathvlm.convert import --help`")
+                              f"not the {hint} layout; see `python -m mathvlm.tools.convert import --help`")
 
 
 # ---------------------------------------------------------------------------------- llava-original

@@ -28,7 +28,7 @@ from flax import nnx
 
 from mathvlm import config as mc
 from mathvlm import registry, sharding
-from mathvlm.train import init as init_lib
+from mathvlm.train import warm_start
 
 LORA_MODES = ("continue", "merge")
 
@@ -86,8 +86,8 @@ def _architecture(config, mesh):
 def saved_lora(location: str) -> dict | None:
     """``{"rank", "modules", "alpha"}`` of the LoRA adapters in a run's newest checkpoint (``modules``:
     the model paths of the adapted layers, e.g. ``decoder/layers/attn/q_proj``), or None."""
-    state_dir, _ = init_lib.checkpoint_state_dir(location)
-    shapes = {p[2:]: s for p, s in init_lib.saved_shapes(state_dir).items() if p.startswith("0/")}
+    state_dir, _ = warm_start.checkpoint_state_dir(location)
+    shapes = {p[2:]: s for p, s in warm_start.saved_shapes(state_dir).items() if p.startswith("0/")}
     modules = sorted(p[: -len("/lora_a")] for p in shapes if p.endswith("/lora_a"))
     if not modules:
         return None
@@ -112,8 +112,8 @@ def _apply_saved_lora(model, saved: dict, location: str, params: str, seed: int)
                          "is not beside its checkpoints; merging needs alpha: copy config.json there")
     modules = []
     for module in saved["modules"]:
-        for source, dest in init_lib.param_mapping(params):
-            if init_lib.is_under(module, source):
+        for source, dest in warm_start.param_mapping(params):
+            if warm_start.is_under(module, source):
                 modules.append((dest + module[len(source):]).strip("/"))
                 break
     if not modules:
@@ -150,7 +150,7 @@ def _restored(config, mesh, location: str):
     placements = sharding.state_shardings(state, mesh, rules)
     model = nnx.merge(graphdef, jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, placements))
-    init_lib.load_from_checkpoint(model, location)
+    warm_start.load_from_checkpoint(model, location)
     left = [sharding.path_name(p) for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(model))
             if isinstance(x, jax.ShapeDtypeStruct)]
     if left:
@@ -187,16 +187,16 @@ def init_model(config, mesh, *, restore: str | None = None):
         if saved and mode == "continue" and rank:
             add_lora(model, config)          # the same adapters, loaded below and trained on
             _place(model, mesh, rules)
-            init_lib.load_from_checkpoint(model, location, init_from.get("params", ""))
+            warm_start.load_from_checkpoint(model, location, init_from.get("params", ""))
             return model
         if saved:                             # merge: load into the saved layout, fold, then go on
             _apply_saved_lora(model, saved, location, init_from.get("params", ""), config.seed + 1)
             _place(model, mesh, rules)
-            init_lib.load_from_checkpoint(model, location, init_from.get("params", ""))
+            warm_start.load_from_checkpoint(model, location, init_from.get("params", ""))
             merge_lora(model)
             logging.warning("merged the rank-%d LoRA adapters of %s into their base kernels",
                             saved["rank"], location)
         else:
-            init_lib.load_from_checkpoint(model, location, init_from.get("params", ""))
+            warm_start.load_from_checkpoint(model, location, init_from.get("params", ""))
     add_lora(model, config)
     return _place(model, mesh, rules)

@@ -102,7 +102,7 @@ class Predictor:
     def from_config(cls, config) -> Predictor:
         """The predictor of a run config: tokenizer, template, image size, preprocessing and image
         tokens from ``config.data`` (as the training rows use them), decoding from ``config.eval``."""
-        from mathvlm.data.text import load_tokenizer
+        from mathvlm.data.tokenization import load_tokenizer
 
         data, evaluation = config.data, config.eval
         return cls(load_tokenizer(data.get("tokenizer", "bytes")), data.get("template", "plain"),

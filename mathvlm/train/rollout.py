@@ -83,7 +83,7 @@ class RolloutStream:
 
     def __init__(self, config, trainer, *, workdir: str | None = None):
         from mathvlm.data.engine_rows import EngineVLMSource
-        from mathvlm.data.text import load_tokenizer
+        from mathvlm.data.tokenization import load_tokenizer
 
         rl, data = config.rl, config.data
         self.config, self.trainer = config, trainer

@@ -6,9 +6,9 @@ from ml_collections import ConfigDict
 
 from mathvlm import recipes
 from mathvlm.data import engine_prompts
-from mathvlm.data.engine import core, text
+from mathvlm.engine import core, wording
 from mathvlm.data.engine_rows import EngineVLMSource, _pair_member, instruct_form, parse_versions
-from mathvlm.data.text import load_tokenizer
+from mathvlm.data.tokenization import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_pair_members_ask_the_evaluators_multiple_choice_forms(tokenizer):
             assert question_mc in tokenizer.decode(row[side + "_tokens"][: first_supervised + 1])
             assert question_mc.startswith(question)
             asked[side] = question_mc[len(question):].strip().split("\n")[0]
-        assert asked["strong"] == asked["weak"] and asked["weak"] in text._MC_PROMPTS
+        assert asked["strong"] == asked["weak"] and asked["weak"] in wording._MC_PROMPTS
         instructions.add(asked["weak"])
     assert len(instructions) > 1
     stale = {k: v for k, v in source.engine[0].items() if not k.endswith("_question_mc")}  # built < 1.1.0
@@ -130,7 +130,7 @@ def test_levels_and_bad_config(tokenizer):
 
 
 def test_rows_from_a_built_dataset_equal_the_on_the_fly_rows(tokenizer, tmp_path):
-    from mathvlm.data.engine import builders
+    from mathvlm.engine import builders
 
     builders.build("pairs", 3, 5, str(tmp_path), num_heldout=1, image_size=224)
     path = str(tmp_path / "math_engine_pairs" / "1.1.0")

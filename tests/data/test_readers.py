@@ -8,7 +8,7 @@ from ml_collections import ConfigDict
 from PIL import Image
 
 from mathvlm.data import readers, sources
-from mathvlm.data.text import ByteTokenizer
+from mathvlm.data.tokenization import ByteTokenizer
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ tokenizer trained here and the built-in byte tokenizer."""
 import pytest
 
 from mathvlm.data import templates
-from mathvlm.data.text import ByteTokenizer, HFTokenizer, load_tokenizer
+from mathvlm.data.tokenization import ByteTokenizer, HFTokenizer, load_tokenizer
 
 CONVERSATION = [
     {"role": "user", "content": "<image>\nWhat is the area of square ABCD?"},

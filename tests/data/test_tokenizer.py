@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from mathvlm.data import templates, text, train_tokenizer
-from mathvlm.data.text import HFTokenizer, load_tokenizer
+from mathvlm.data import templates, tokenization
+from mathvlm.tools import train_tokenizer
+from mathvlm.data.tokenization import HFTokenizer, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,7 +28,7 @@ def held_out_texts():
 
 def test_loads_offline_with_special_ids(tok, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert isinstance(tok, HFTokenizer) and tok.path == text.ENGINE_TOKENIZER
+    assert isinstance(tok, HFTokenizer) and tok.path == tokenization.ENGINE_TOKENIZER
     assert tok.vocab_size == 1024
     ids = {tok.pad_id, tok.bos_id, tok.eos_id, tok.image_id}
     assert None not in ids and len(ids) == 4
@@ -35,7 +36,7 @@ def test_loads_offline_with_special_ids(tok, monkeypatch):
     assert (hf.pad_token, hf.bos_token, hf.eos_token) == ("<pad>", "<s>", "</s>")
     assert hf.convert_ids_to_tokens(tok.image_id) == "<image>"
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        assert os.path.getsize(os.path.join(text.ENGINE_TOKENIZER, name)) < 100_000
+        assert os.path.getsize(os.path.join(tokenization.ENGINE_TOKENIZER, name)) < 100_000
 
 
 def test_round_trips_engine_text_exactly(tok, held_out_texts):
@@ -71,7 +72,7 @@ def test_image_token_is_one_id_and_templates_use_it(tok):
 def test_training_script_is_deterministic(tmp_path):
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
-        subprocess.run([sys.executable, "-m", "mathvlm.data.train_tokenizer", "--out", str(out),
+        subprocess.run([sys.executable, "-m", "mathvlm.tools.train_tokenizer", "--out", str(out),
                         "--vocab-size", "400", "--num", "15"], cwd=ROOT, check=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):

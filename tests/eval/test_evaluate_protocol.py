@@ -12,7 +12,7 @@ from flax import nnx
 
 from mathvlm import config as mc
 from mathvlm import evaluate
-from mathvlm.data.text import ByteTokenizer
+from mathvlm.data.tokenization import ByteTokenizer
 from mathvlm.models.decoder import DECODER_PRESETS, DecoderConfig, DecoderLM
 from mathvlm.train.predict import Predictor
 

@@ -137,7 +137,7 @@ def test_engine_heldout_from_options_asks_the_training_prompt(multiple_choice):
 
 def test_engine_answer_extraction_matches_the_cot_answer_line():
     from mathvlm.data import engine_prompts as ep
-    from mathvlm.data.engine.core import make_record
+    from mathvlm.engine.core import make_record
 
     for index in range(40):
         record = make_record(7, index, kind="instruct", version="mixed", image_size=32)

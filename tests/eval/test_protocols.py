@@ -56,7 +56,7 @@ def clip_vision(out) -> str:
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    from mathvlm import convert
+    from mathvlm.tools import convert
 
     root = tmp_path_factory.mktemp("folders")
     vicuna = miniature.make_vicuna(root / "vicuna")

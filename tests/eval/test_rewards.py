@@ -20,7 +20,7 @@ LETTERS = {"id": "letters", "answer": "4", "answer_value": 4.0, "choices": "-2\n
 
 @functools.lru_cache(maxsize=None)
 def _engine(index: int, families: tuple | None = None) -> dict:
-    from mathvlm.data.engine.core import make_record
+    from mathvlm.engine.core import make_record
 
     options = {"families": families} if families else {}
     record = make_record(0, index, kind="instruct", version="vision_dominant", image_size=64, **options)

@@ -1,4 +1,4 @@
-"""``python -m mathvlm.convert build-vlm`` (a LLaVA folder from a vision folder + an LLM folder) and
+"""``python -m mathvlm.tools.convert build-vlm`` (a LLaVA folder from a vision folder + an LLM folder) and
 ``export`` (a training run → a transformers folder), against transformers on tiny models."""
 
 import json
@@ -10,7 +10,8 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from mathvlm import config as mc
-from mathvlm import convert, hf, main, recipes, sharding
+from mathvlm import hf, main, recipes, sharding
+from mathvlm.tools import convert
 from mathvlm.data import templates
 from mathvlm.hf import assemble, export
 from mathvlm.models.projectors import GatedProjector, MLPProjector

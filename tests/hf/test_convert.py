@@ -1,4 +1,4 @@
-"""``python -m mathvlm.convert``: HF → orbax → HF reproduces the tensors; orbax restores onto a mesh."""
+"""``python -m mathvlm.tools.convert``: HF → orbax → HF reproduces the tensors; orbax restores onto a mesh."""
 
 import os
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from mathvlm import convert, hf, sharding
+from mathvlm import hf, sharding
+from mathvlm.tools import convert
 
 
 @pytest.mark.parametrize("scan", [False, True])

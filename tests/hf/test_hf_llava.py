@@ -132,7 +132,7 @@ def test_scanned_tower_and_decoder_match_and_round_trip(llava, tmp_path):
     import torch
     import transformers as tf
 
-    from mathvlm import convert
+    from mathvlm.tools import convert
     torch_model, folder = llava
     options = {"scan_layers": True, "remat": "dots_saveable",
                "vision": {"scan_layers": True, "remat": "full"}}

@@ -204,7 +204,7 @@ def imported(tiny):
     import contextlib
     import io
 
-    from mathvlm import convert
+    from mathvlm.tools import convert
 
     _, state, root = tiny
     src = write_release(root / "release_st", state)
@@ -498,7 +498,8 @@ def test_imported_release_runs_the_papers_protocol(tiny, tmp_path, capsys):
     """Import with the documented command, then Math-PUMA's MathVista protocol for the DeepSeek model
     (``puma_mathvista.py:model=puma_deepseek``): the predictor feeds one padded [0, 1] image at the SAM
     resolution, the prompt is DeepSeek's template, and ``score`` re-scores the official-format file."""
-    from mathvlm import convert, evaluate
+    from mathvlm import evaluate
+    from mathvlm.tools import convert
     from mathvlm.train import predict
 
     src = write_release(tmp_path / "release", tiny[1])

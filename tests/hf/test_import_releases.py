@@ -1,4 +1,4 @@
-"""``python -m mathvlm.convert import`` on tiny random checkpoints written in the exact layouts of the
+"""``python -m mathvlm.tools.convert import`` on tiny random checkpoints written in the exact layouts of the
 papers' releases (key names, config fields, shard index, safetensors and ``.bin``), against a PyTorch
 forward of the same architecture: transformers' ``LlavaForConditionalGeneration`` for the original
 LLaVA layout (after the renames), and for Math-PUMA's ``qwen2vlm`` a SigLIP tower + the gated aligner
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mathvlm import convert, hf
+from mathvlm import hf
+from mathvlm.tools import convert
 from mathvlm.data import images as images_lib
 from mathvlm.hf import assemble
 from mathvlm.models.projectors import GatedProjector, MLPProjector

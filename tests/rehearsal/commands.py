@@ -28,8 +28,8 @@ def train(spec: str, workdir, *overrides: str) -> dict:
 
 
 def convert(*argv: str) -> None:
-    """``python -m mathvlm.convert ARGV``."""
-    from mathvlm import convert as convert_cli
+    """``python -m mathvlm.tools.convert ARGV``."""
+    from mathvlm.tools import convert as convert_cli
 
     convert_cli.main(list(argv))
 

@@ -106,21 +106,21 @@ def corpus(num: int = 24, seed: int = 0) -> tuple[str, ...]:
     """Engine captions, questions (every MathVerse version), options, answers and chains of thought
     of problems ``0..num-1`` of every family (no rendering), text_math problems and the chat
     templates' fixed prompts. Cached: the first call imports the engine (~1–3 s)."""
-    from mathvlm.data import templates, text_math
-    from mathvlm.data.engine import core
-    from mathvlm.data.engine import text as engine_text
-    from mathvlm.data.engine.common import ALL_FAMILIES
+    from mathvlm.data import arithmetic, templates
+    from mathvlm.engine import core
+    from mathvlm.engine import wording
+    from mathvlm.engine.common import ALL_FAMILIES
 
     texts = []
     for index in range(num):
         problem = core.make_problem(seed, index, ALL_FAMILIES)
         rng = core.rng_for(seed, index, "text")
-        texts.append(engine_text.caption(problem, rng))
-        options, _ = engine_text.choices(problem, rng)
-        texts += ["\n".join(options), engine_text.answer_string(problem["answer"]),
-                  engine_text.cot_text(problem)]
-        texts += [engine_text.version_text(problem, v) for v in engine_text.VERSIONS]
-        question, answer = text_math.make_problem(seed, index)
+        texts.append(wording.caption(problem, rng))
+        options, _ = wording.choices(problem, rng)
+        texts += ["\n".join(options), wording.answer_string(problem["answer"]),
+                  wording.cot_text(problem)]
+        texts += [wording.version_text(problem, v) for v in wording.VERSIONS]
+        question, answer = arithmetic.make_problem(seed, index)
         texts.append(f"{question}\n{answer}")
     texts += [templates.VICUNA_SYSTEM + " USER: What is 3 + 4? ASSISTANT: 7",
               f"system\n{templates.CHATML_SYSTEM}\nuser\nassistant\n",

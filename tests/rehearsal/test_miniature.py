@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from mathvlm import hf  # noqa: E402
 from mathvlm.data import templates  # noqa: E402
-from mathvlm.data.text import HFTokenizer  # noqa: E402
+from mathvlm.data.tokenization import HFTokenizer  # noqa: E402
 from tests.rehearsal import miniature  # noqa: E402
 
 TOL = 1e-4

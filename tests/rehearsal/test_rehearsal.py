@@ -1,7 +1,7 @@
 """The real-size path, rehearsed end to end: each paper's own ``size=7b|13b`` recipe, from folders in
 the released models' layouts (miniature widths, same code branches) to an exported, evaluated model,
-through the commands the README documents (``mathvlm.main``, ``mathvlm.convert``, ``mathvlm.dpo_pairs``,
-``mathvlm.select``, ``mathvlm.evaluate``: their command lines, called in-process to save interpreter
+through the commands the README documents (``mathvlm.main``, ``mathvlm.tools.convert``, ``mathvlm.tools.dpo_pairs``,
+``mathvlm.tools.select``, ``mathvlm.evaluate``: their command lines, called in-process to save interpreter
 start-ups), on 8 fake devices with each recipe's own default mesh (FSDP over all of them).
 
 Only the budget changes (``steps=2``, batch 8): what a pod run would change for a smoke test."""
@@ -41,7 +41,7 @@ def test_mavis_from_clip_and_mistral_to_an_exported_dpo_model(tmp_path):
     instruct_lora = trained_lora(runs / "instruct_7b")
     assert instruct_lora.keys() == align_lora.keys()       # the same adapters, trained on
 
-    from mathvlm import dpo_pairs
+    from mathvlm.tools import dpo_pairs
 
     assert dpo_pairs.main(["--config", f"configs/mavis/instruct.py:size=7b,hf={vlm}", "--checkpoint",
                            str(runs / "instruct_7b"), "--num", "16", "--batch-size", "8",

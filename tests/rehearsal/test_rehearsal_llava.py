@@ -1,7 +1,7 @@
 """The real-size path, rehearsed end to end for Math-LLaVA: its own recipes (``size=13b`` after the
 classifier), from a folder in llava-hf/llava-1.5-13b-hf's layout (miniature widths, same code branches)
 to an exported, evaluated model, through the commands the README documents (``mathvlm.main``,
-``mathvlm.select``, ``mathvlm.convert``, ``mathvlm.evaluate``: their command lines, called in-process
+``mathvlm.tools.select``, ``mathvlm.tools.convert``, ``mathvlm.evaluate``: their command lines, called in-process
 to save interpreter start-ups), on 8 fake devices with the recipe's own default mesh (FSDP over all of
 them).
 
@@ -66,7 +66,7 @@ def llava_pool(folder) -> str:
     from PIL import Image
 
     from mathvlm.data import engine_prompts
-    from mathvlm.data.engine import core
+    from mathvlm.engine import core
 
     rows = []
     for index in range(POOL_SIZE):
@@ -89,7 +89,7 @@ def benchmark_folder(name: str, out) -> str:
     from PIL import Image
 
     from mathvlm import registry
-    from mathvlm.data.engine import core
+    from mathvlm.engine import core
 
     out = str(out)
     shutil.copytree(os.path.join(FIXTURES, name), out)
@@ -110,7 +110,7 @@ def benchmark_folder(name: str, out) -> str:
 
 
 def test_math_llava_from_llava_15_to_an_exported_evaluated_model(tmp_path, capsys):
-    """Math-LLaVA: complexity classifier → ``mathvlm.select`` (2:3:4:1 over predicted complexity
+    """Math-LLaVA: complexity classifier → ``mathvlm.tools.select`` (2:3:4:1 over predicted complexity
     levels) on a LLaVA-JSON pool with images → one full fine-tune of LLaVA-1.5 (projector + LLM, CLIP
     frozen) on the selected JSON → export → transformers' LlavaForConditionalGeneration gives
     mathvlm's logits → ``evaluate run`` of the exported folder (``--hf``) on MathVista and MATH-V
@@ -124,7 +124,8 @@ def test_math_llava_from_llava_15_to_an_exported_evaluated_model(tmp_path, capsy
     the data's 336-px pictures meet the miniature 56-px tower through the image size and token count
     the recipe reads from the folder (``recipes.folder_geometry``)."""
     from mathvlm import config as mc
-    from mathvlm import evaluate, select
+    from mathvlm import evaluate
+    from mathvlm.tools import select
     from mathvlm import main as entry
 
     times = {}
@@ -150,7 +151,7 @@ def test_math_llava_from_llava_15_to_an_exported_evaluated_model(tmp_path, capsy
     assert np.isfinite(classifier["loss"]), classifier
     lap("classifier")
 
-    # 2. `python -m mathvlm.select --classifier RUN --pool llava_json:PATH --num N --ratio 2:3:4:1 --out DIR`
+    # 2. `python -m mathvlm.tools.select --classifier RUN --pool llava_json:PATH --num N --ratio 2:3:4:1 --out DIR`
     printed(capsys)
     selected = tmp_path / "selected"
     assert select.main(["--classifier", str(runs / "complexity"), "--pool", f"llava_json:{pool}",
@@ -190,7 +191,7 @@ def test_math_llava_from_llava_15_to_an_exported_evaluated_model(tmp_path, capsy
         miniature.CLIP_VISION["image_size"], miniature.CLIP_IMAGE_TOKENS)
     lap("finetune")
 
-    # 4. `python -m mathvlm.convert export RUN --out DIR` (no LoRA: the full weights).
+    # 4. `python -m mathvlm.tools.convert export RUN --out DIR` (no LoRA: the full weights).
     exported = str(tmp_path / "math-llava-13b-hf")
     convert("export", str(run), "--out", exported)
     assert_exported_logits_equal(run, exported)

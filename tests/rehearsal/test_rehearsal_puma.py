@@ -31,7 +31,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.long
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Math-PUMA's Qwen2 image token (mathvlm.data.text.IMAGE_TOKEN_NAMES: LLaVA, Math-PUMA Qwen2, DeepSeek).
+# Math-PUMA's Qwen2 image token (mathvlm.data.tokenization.IMAGE_TOKEN_NAMES: LLaVA, Math-PUMA Qwen2, DeepSeek).
 IMAGE_TOKEN = "<|image|>"
 # Stage-1 rows ({"instruction", "output"}, as tests/train/test_hf_init.py): 24, so each of 3 steps of
 # batch 8 reads other rows.
@@ -186,7 +186,7 @@ def test_puma_from_qwen2_and_siglip_to_an_evaluated_model(tmp_path, capsys):
     capsys.readouterr()
     folder = json.loads((tmp_path / vlm / "config.json").read_text())
     assert folder["projector_type"] == "gated" and folder["mathvlm_template"] == "chatml"
-    from mathvlm.data.text import HFTokenizer
+    from mathvlm.data.tokenization import HFTokenizer
 
     tokenizer = HFTokenizer(vlm)
     assert tokenizer.image_id == folder["image_token_index"]

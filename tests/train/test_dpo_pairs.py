@@ -8,8 +8,8 @@ import numpy as np
 from mathvlm import config as mc
 from mathvlm.data import engine_prompts
 from mathvlm.data.sources import ConversationSource
-from mathvlm.data.text import load_tokenizer
-from mathvlm.dpo_pairs import build_pairs, engine_records
+from mathvlm.data.tokenization import load_tokenizer
+from mathvlm.tools.dpo_pairs import build_pairs, engine_records
 from mathvlm.train.build import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -9,7 +9,7 @@ from ml_collections import ConfigDict
 from mathvlm import registry
 from mathvlm.data import images as image_ops
 from mathvlm.data.sources import RowBuilder
-from mathvlm.data.text import ByteTokenizer
+from mathvlm.data.tokenization import ByteTokenizer
 from mathvlm.train.predict import Predictor
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from mathvlm import config as mc
 from mathvlm import sharding
 from mathvlm.data import engine_prompts, pipeline
-from mathvlm.data.engine import core
+from mathvlm.engine import core
 from mathvlm.train.loop import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -329,7 +329,7 @@ def test_the_unsafe_use_scanner_finds_what_it_looks_for():
 
 
 # The opt-in network uses: the GPT-style judge of the MathVerse evaluator, off unless a config names an
-# endpoint (``judge=``), and the augmentation client of ``python -m mathvlm.data.augment``, off unless
+# endpoint (``judge=``), and the augmentation client of ``python -m mathvlm.tools.augment``, off unless
 # ``--client-config`` names one; training and the default evaluation import neither (see the offline
 # test). And one torch import: the benchmark's transformers baseline (``mathvlm.bench``), loading no
 # files — torch stays a test extra that the rest of the package never imports.
