@@ -1,7 +1,9 @@
 """The research notebooks run (nbclient) on tiny artifacts made here: inspect_checkpoint.ipynb restores a
 2-way FSDP classifier checkpoint onto another mesh and onto one device; complexity_ablation.ipynb says
 what to run when a sweep has no results yet (tests/tools/test_sweep.py runs it on a real sweep);
-data_engine_gallery.ipynb shows every family, version, complexity level and clarity degradation."""
+data_engine_gallery.ipynb shows every family, version, complexity level and clarity degradation;
+mesh_and_sharding.ipynb places a toy block with every rule preset on 8 fake devices. Every notebook in
+notebooks/ has its test here (the one place that executes them)."""
 
 import os
 
@@ -60,3 +62,22 @@ def test_data_engine_gallery_shows_every_family_level_and_clarity():
     text = run_notebook("data_engine_gallery.ipynb", {"MATHVLM_SEED": "0"})
     assert all(f"== {family}" in text for family in ("plane_geometry", "analytic_geometry", "function"))
     assert "levels 0-3 in 400 problems" in text and "shown 5 clarity examples" in text
+
+
+def test_mesh_and_sharding_places_a_block_with_every_preset():
+    text = run_notebook("mesh_and_sharding.ipynb", {})
+    for preset in ("dp", "fsdp", "fsdp_tp"):
+        assert f"{preset} up:" in text
+    assert "dp up: P(None, None) | replicated: 100.0%" in text
+    assert "fsdp up: P('fsdp', None) | replicated: 0.3%" in text
+    assert "fsdp_tp up: P('fsdp', 'tensor') | replicated: 0.3%" in text
+    assert "over 8 devices" in text
+
+
+def test_every_notebook_has_a_test_here():
+    with open(__file__) as f:
+        source = f.read()
+    notebooks = sorted(n for n in os.listdir(os.path.join(ROOT, "notebooks")) if n.endswith(".ipynb"))
+    assert notebooks
+    missing = [n for n in notebooks if f'run_notebook("{n}"' not in source]
+    assert not missing, f"notebooks without a test in tests/test_notebooks.py: {missing}"
