@@ -14,13 +14,10 @@ def get_config(arg=None):
     arg = mc.parse_arg(arg, steps=1500, batch_size=32)
     config = mc.defaults()
     config.name = "demo: tiny decoder on text arithmetic"
-    config.mesh.data = -1
-    config.sharding.rules = "fsdp"
     config.model = mc.ConfigDict({"name": "decoder_lm", "preset": "tiny", "vocab_size": 260})
     config.data = mc.ConfigDict({"source": "text_math", "tokenizer": "bytes", "batch_size": arg.batch_size,
                                  "seq_len": 64, "max_operand": 20})
     config.loss.terms = [{"name": "next_token", "weight": 1.0}]
-    config.train.step = "next_token"
     config.train.steps = arg.steps
     config.train.log_every = 50
     config.optim.lr = 3e-3

@@ -45,9 +45,6 @@ if HERE not in sys.path:
 
 import tpu_topology  # launch/ is not a package: scripts import their neighbours
 
-# The members of one row per step kind: each is a forward pass over its own tokens (and image).
-STEP_MEMBERS = {"next_token": ("",), "pair": ("strong_", "weak_"), "preference": ("chosen_", "rejected_"),
-                "grpo": ("",)}
 # Stop token of the abstract rollout: any id compiles the same program.
 ROLLOUT_STOP = 2
 # Placeholder for a real-size recipe's required hf= folder: AOT reads neither weights nor tokenizer.
@@ -126,62 +123,17 @@ def apply_step_options(config, attention: str, remat: str, vision_remat: str, lo
         decoder.attention_impl = attention
     if remat:
         decoder.remat = remat
-    if attention or vision_remat:
-        if model.name not in ("vlm", "hf"):
-            if vision_remat:
-                raise SystemExit(f"--vision-remat: model {model.name!r} has no image tower")
-        else:
-            vision = dict(model.get("vision", {}) or {})
-            if attention:
-                vision["attention_impl"] = attention
-            if vision_remat:
-                vision["remat"] = vision_remat
-            model.vision = mc.ConfigDict(vision)
+    if vision_remat and model.name not in ("vlm", "hf"):
+        raise SystemExit(f"--vision-remat: model {model.name!r} has no image tower")
+    if (attention or vision_remat) and model.name in ("vlm", "hf"):
+        vision = dict(model.get("vision", {}) or {})
+        if attention:
+            vision["attention_impl"] = attention
+        if vision_remat:
+            vision["remat"] = vision_remat
+        model.vision = mc.ConfigDict(vision)
     if logits_chunk is not None:
         config.train.logits_chunk = int(logits_chunk)
-
-
-def batch_structs(config, mesh, batch: int, seq: int) -> tuple[dict, int]:
-    """Abstract global batch of the recipe's step kind (``ShapeDtypeStruct`` with the batch sharding of
-    the trainer), and the number of forward passes per row."""
-    import jax.numpy as jnp
-
-    members = STEP_MEMBERS.get(config.train.step)
-    if members is None:
-        raise SystemExit(f"train.step={config.train.step!r}: AOT compiles the token steps "
-                         f"{', '.join(STEP_MEMBERS)}")
-    rules = config.sharding.rules
-
-    out = {}
-    for prefix in members:
-        for key in ("tokens", "targets", "attention_mask"):
-            out[prefix + key] = _batch_struct(mesh, rules, (batch, seq), jnp.int32)
-        out[prefix + "loss_mask"] = _batch_struct(mesh, rules, (batch, seq), jnp.float32)
-        out.update({prefix + k: v for k, v in _image_structs(config, mesh, batch).items()})
-    if config.train.step == "grpo":  # the sampler's log-probs and the completions' rewards
-        out["old_logps"] = _batch_struct(mesh, rules, (batch, seq), jnp.float32)
-        out["rewards"] = _batch_struct(mesh, rules, (batch,), jnp.float32)
-    return out, len(members)
-
-
-def _batch_struct(mesh, rules, shape, dtype):
-    import jax
-
-    from mathvlm import sharding
-
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, rules, len(shape)))
-
-
-def _image_structs(config, mesh, batch: int) -> dict:
-    """``images`` and ``image_mask`` of a VLM's batch; nothing for a text model."""
-    import jax.numpy as jnp
-
-    if config.model.name != "vlm":
-        return {}
-    rules = config.sharding.rules
-    size = config.data.get("image_size", 0) or config.model.get("vision", {}).get("image_size")
-    return {"images": _batch_struct(mesh, rules, (batch, size, size, 3), jnp.float32),
-            "image_mask": _batch_struct(mesh, rules, (batch,), jnp.bool_)}
 
 
 def prompt_structs(config, mesh, batch: int) -> dict:
@@ -189,11 +141,13 @@ def prompt_structs(config, mesh, batch: int) -> dict:
     left-padded rows of ``rl.prompt_len`` tokens, their row numbers and (VLM) images."""
     import jax.numpy as jnp
 
+    from mathvlm.train.lowering import batch_struct, image_structs
+
     rules, length = config.sharding.rules, int(config.rl.prompt_len)
-    return {"tokens": _batch_struct(mesh, rules, (batch, length), jnp.int32),
-            "attention_mask": _batch_struct(mesh, rules, (batch, length), jnp.int32),
-            "row": _batch_struct(mesh, rules, (batch,), jnp.uint32),
-            **_image_structs(config, mesh, batch)}
+    return {"tokens": batch_struct((batch, length), jnp.int32, mesh, rules),
+            "attention_mask": batch_struct((batch, length), jnp.int32, mesh, rules),
+            "row": batch_struct((batch,), jnp.uint32, mesh, rules),
+            **image_structs(config, batch, mesh)}
 
 
 def compile_rollout(config, mesh, model_graphdef, model_state, batch: int) -> dict:
@@ -247,13 +201,9 @@ def per_chip_gib(tree) -> float:
 
 
 def compile_train_step(config, devices, batch: int, seq: int) -> dict:
-    import jax
-    from flax import nnx
-
     from mathvlm import sharding
-    from mathvlm.train import optim, steps
-    from mathvlm.train.build import make_model_and_optimizer
-    from mathvlm.train.loop import make_train_step, peak_bytes
+    from mathvlm.train import lowering, steps
+    from mathvlm.train.loop import peak_bytes
 
     mesh = sharding.make_mesh(config.mesh, devices=devices)
     rules = config.sharding.rules
@@ -264,24 +214,17 @@ def compile_train_step(config, devices, batch: int, seq: int) -> dict:
     if rollout and batch % int(config.rl.group_size):
         raise SystemExit(f"--batch {batch} completions must split into groups of rl.group_size="
                          f"{config.rl.group_size}")
-    trainable = optim.trainable_filter(config.train.trainable)
-    abstract = nnx.eval_shape(make_model_and_optimizer(config, trainable))
-    graphdef, abstract_state = nnx.split(abstract)
-    model_graphdef = nnx.split(abstract[0])[0]
-    shardings = sharding.state_shardings(abstract_state, mesh, rules)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         abstract_state, shardings)
-    batch_struct, passes = batch_structs(config, mesh, batch, seq)
+    abstract = lowering.abstract_train_state(config, mesh)
+    state = abstract.state
+    batch_struct, passes = lowering.batch_structs(config, batch, seq, mesh)
     # DPO's frozen reference is a second copy of the model's state, placed like it.
     reference = state[0] if steps.needs_reference(config) else None
-    step = make_train_step(config, graphdef, model_graphdef, trainable)
-    params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract[0], nnx.Param)))
-    trainable_params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract[0], trainable)))
+    params, trainable_params = abstract.params, abstract.trainable_params
     report = sharding.replicated_report(state[0])
     result = {
         "devices": len(devices), "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape),
-        "rules": rules, "step": config.train.step, "params": int(params),
-        "trainable_params": int(trainable_params), "batch": batch, "seq": seq,
+        "rules": rules, "step": config.train.step, "params": params,
+        "trainable_params": trainable_params, "batch": batch, "seq": seq,
         "param_gib_per_device": report.bytes_per_device / 2**30,
         "replicated_fraction": report.replicated_fraction,
         # The 6·N·D rule over every forward pass's tokens: the usual MFU yardstick, not XLA's count.
@@ -289,15 +232,13 @@ def compile_train_step(config, devices, batch: int, seq: int) -> dict:
     }
     if rollout:
         result.update(prompt_len=int(config.rl.prompt_len), max_new_tokens=int(config.rl.max_new_tokens),
-                      **compile_rollout(config, mesh, model_graphdef, state[0], batch))
+                      **compile_rollout(config, mesh, abstract.model_graphdef, state[0], batch))
         # Sampling leaves the optimizer state (and a reference copy) on the chips.
         result["rollout_resident_gib"] = per_chip_gib(state[1]) + (
             per_chip_gib(reference) if reference is not None else 0.0)
     start = time.perf_counter()
     try:
-        with jax.set_mesh(mesh):
-            compiled = jax.jit(step, out_shardings=(shardings, None), donate_argnums=0).lower(
-                state, batch_struct, reference).compile()
+        compiled = lowering.lower_train_step(config, abstract, batch_struct, reference, mesh).compile()
     except Exception as e:  # XLA reports HBM exhaustion as a compile error (XlaRuntimeError)
         text = str(e)
         if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:

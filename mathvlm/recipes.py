@@ -64,9 +64,9 @@ def tiny_engine_data(task: str, *, batch_size: int, seq_len: int, version="mixed
                        "seq_len": seq_len, "image_size": TINY_IMAGE_SIZE, "render_size": 224,
                        "num_image_tokens": TINY_IMAGE_TOKENS, "max_bad_fraction": 0.05,
                        # Most rows are far shorter than the longest: three shapes, three compiles.
-                       "length_buckets": (seq_len // 2, 3 * seq_len // 4, seq_len)})
-    if task == "pairs":
-        data.weak_label_noise = 0.0  # the KL ablation's knob (engine_rows); off in every recipe
+                       "length_buckets": (seq_len // 2, 3 * seq_len // 4, seq_len),
+                       # experiments' row transforms (mathvlm.data.pipeline); none in any recipe
+                       "row_transforms": ()})
     return data
 
 
@@ -172,7 +172,7 @@ def tiny_vlm_stage(config, task: str, *, steps: int, lr: float, seq_len: int, ba
 
 def puma_real_stage(config, task: str, hf: str, *, steps: int, data_format: str, data_path: str,
                     image_root: str = "") -> None:
-    """Math-PUMA's released settings at 7B (seeds-digest §3.3): Qwen2 + SigLIP-so400m (728 image
+    """Math-PUMA's released settings at 7B: Qwen2 + SigLIP-so400m (728 image
     tokens, plain 384-px resize), ChatML with images first, AdamW lr 3e-5, cosine, warmup 1%, weight
     decay 0.1, global batch 128, seed 3407, FSDP over every chip; engine rows unless ``data_path``
     names a Math-PUMA file (image paths relative to ``image_root``)."""

@@ -1,7 +1,7 @@
 """String → constructor registries, so configs name components instead of importing them.
 
-Kinds: ``model``, ``loss``, ``source``, ``step``, ``evaluator``, ``job``. A component registers itself
-where it is defined::
+Kinds: ``model``, ``loss``, ``source``, ``row_transform``, ``step``, ``evaluator``, ``reward``, ``job``.
+A component registers itself where it is defined::
 
     @registry.register("loss", "next_token")
     def next_token_loss(...): ...
@@ -21,6 +21,7 @@ _HOME = {
     "model": "mathvlm.models",
     "loss": "mathvlm.losses",
     "source": "mathvlm.data",
+    "row_transform": "mathvlm.experiments",  # experiments' changes to the data (data.row_transforms)
     "step": "mathvlm.train",
     "evaluator": "mathvlm.eval",
     "reward": "mathvlm.eval.rewards",

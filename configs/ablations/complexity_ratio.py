@@ -1,4 +1,4 @@
-"""Math-LLaVA's complexity-ratio ablation (its Table 8; seeds-digest §2.4): the same fine-tune with data
+"""Math-LLaVA's complexity-ratio ablation (its Table 8): the same fine-tune with data
 drawn in different mixes of complexity levels 0:1:2:3 — 2:3:4:1 (the paper's choice, MathVista 38.2),
 3:3:3:1 (36.0), 4:3:2:1 (36.4), 2:4:3:1 (35.1) — plus the uniform 1:1:1:1.
 

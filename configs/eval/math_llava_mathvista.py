@@ -1,4 +1,4 @@
-"""Math-LLaVA-13B on MathVista testmini (Math-LLaVA Table 1; seeds-digest §2.5).
+"""Math-LLaVA-13B on MathVista testmini (Math-LLaVA Table 1).
 
     python -m mathvlm.evaluate run --config configs/eval/math_llava_mathvista.py \
         --hf /ckpt/math-llava-13b --data /data/mathvista --workdir runs/eval/math_llava_mathvista

@@ -1,4 +1,4 @@
-"""MAVIS-7B on GeoQA test (MAVIS Table 4; seeds-digest §1.5).
+"""MAVIS-7B on GeoQA test (MAVIS Table 4).
 
     python -m mathvlm.evaluate run --config configs/eval/mavis_geoqa.py \
         --hf /ckpt/mavis-7b --data /data/geoqa --workdir runs/eval/mavis_geoqa

@@ -1,5 +1,4 @@
-"""MAVIS-7B on MathVerse testmini, five visual versions (MAVIS Table 3, accuracy column; seeds-digest
-§1.5).
+"""MAVIS-7B on MathVerse testmini, five visual versions (MAVIS Table 3, accuracy column).
 
     python -m mathvlm.evaluate run --config configs/eval/mavis_mathverse.py \
         --hf /ckpt/mavis-7b --data /data/mathverse --workdir runs/eval/mavis_mathverse

@@ -1,5 +1,5 @@
 """Math-PUMA (Qwen2-7B; ``model=puma_deepseek`` for the DeepSeek-Math variant) on MathVerse testmini:
-the five visual versions and Text Only (Math-PUMA Table 2; seeds-digest §3.6).
+the five visual versions and Text Only (Math-PUMA Table 2).
 
     python -m mathvlm.evaluate run --config configs/eval/puma_mathverse.py \
         --hf /ckpt/puma-qwen2-7b --data /data/mathverse --workdir runs/eval/puma_mathverse

@@ -1,5 +1,5 @@
 """Math-PUMA (Qwen2-7B; ``model=puma_deepseek`` for the DeepSeek-Math variant) on MathVista testmini
-(Math-PUMA Table 1; seeds-digest §3.6).
+(Math-PUMA Table 1).
 
     python -m mathvlm.evaluate run --config configs/eval/puma_mathvista.py \
         --hf /ckpt/puma-qwen2-7b --data /data/mathvista --workdir runs/eval/puma_mathvista

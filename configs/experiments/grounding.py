@@ -1,4 +1,4 @@
-"""Toy experiment: does the tiny VLM read the picture? (issue 13, "visual grounding").
+"""Toy experiment: does the tiny VLM read the picture? (visual grounding)
 
     python -m mathvlm.main --config configs/experiments/grounding.py --workdir runs/grounding
 
@@ -15,7 +15,7 @@ thought: at this size the budget goes to reading the picture).
 After instruction tuning the held-out evaluator asks 128 problems per version; the blind evaluator asks
 the same vision-dominant problems with the pictures replaced by zeros, and a control shows each
 question the diagram of another held-out problem (in distribution, but no help). ``<workdir>/summary.md``
-has all three: vision-dominant 94.5% against 23.4% blind and 22.7% shuffled after 7 minutes (README,
+has all three: vision-dominant 94.5% against 23.4% blind and 22.7% shuffled after 7 minutes (docs/results.md,
 "Toy-scale effects"). ``scale=0.1`` runs the whole chain in about a minute (a smoke run). The demo (``configs/demo.py``) runs
 these settings through all five stages; CI asserts the direction there (``tests/train/test_chain.py``).
 """

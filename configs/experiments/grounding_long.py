@@ -1,4 +1,4 @@
-"""Toy experiment: a longer instruction stage for the visual-grounding probe (issue 13).
+"""Toy experiment: a longer instruction stage for the visual-grounding probe.
 
     python -m mathvlm.main --config configs/experiments/grounding.py --workdir runs/grounding
     python -m mathvlm.main --config configs/experiments/grounding_long.py --workdir runs/grounding_long

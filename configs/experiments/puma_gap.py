@@ -1,5 +1,5 @@
 """Toy experiment: does Math-PUMA's KL alignment close the text-rich / vision-rich gap better than plain
-next-token training on the vision-rich members? (issue 13)
+next-token training on the vision-rich members?
 
     python -m mathvlm.main --config configs/experiments/puma_gap.py --workdir runs/puma_gap
 
@@ -22,13 +22,14 @@ Options: ``lams=0+0.5`` adds ``puma_lam<λ>`` branches — the ``puma_kl`` branc
 ``seed=N`` reruns the branches on another data stream (stages named ``..._s<N>``; the shared
 stages are trained once); ``mode=standard`` switches the KL branches to the token-mean KL (stages named ``..._standard``);
 ``temp=4`` sets the KL temperature (the release's is 1; stages ``..._T4``; in the release's mode T²
-applies twice, as it did there — at 4 the target is nearly flat over the vocabulary, README);
+applies twice, as it did there — at 4 the target is nearly flat over the vocabulary, docs/results.md);
 ``noise=0.75`` gives that fraction of the vision-rich members of multiple-choice pairs a wrong letter
-(``data.weak_label_noise``; stages ``..._noise0.75``) — a control in which the text-rich target knows
-more than the labels, so the KL has something to transfer; its comparison is λ = 0 (CE on the same noisy
-vision-rich members), and ``ntp=0`` leaves out ``ntp_weak`` (clean labels). CI runs that control at half
-budget (``scale=0.5,steps=300``: the grounding chain's first two stages, then 150 branch steps) and
-asserts its direction (``tests/train/test_chain.py``).
+(the ``weak_label_noise`` row transform of :mod:`mathvlm.experiments.label_noise`; stages
+``..._noise0.75``) — a control in which the text-rich target knows more than the labels, so the KL has
+something to transfer; its comparison is λ = 0 (CE on the same noisy vision-rich members), and ``ntp=0``
+leaves out ``ntp_weak`` (clean labels). CI runs that control at half budget (``scale=0.5,steps=300``: the
+grounding chain's first two stages, then 150 branch steps) and asserts its direction
+(``tests/experiments/test_puma_gap.py``).
 """
 
 import os
@@ -65,7 +66,8 @@ def get_config(arg=None):
         term = {**released, "mode": arg.mode, "lam": lam, "temperature": arg.temp}
         mode = "" if arg.mode == "official" else f"_{arg.mode}"
         temp = "" if arg.temp == released["temperature"] else f"_T{arg.temp:g}"
-        noise = {"data.weak_label_noise": arg.noise} if arg.noise else {}
+        noise = ({"data.row_transforms": ({"name": "weak_label_noise", "fraction": arg.noise},)}
+                 if arg.noise else {})
         return {"name": name + mode + temp + (f"_noise{arg.noise:g}" if arg.noise else "") + suffix,
                 "config": f"math_puma/kl_align.py:size=tiny,steps={steps},eval_examples=0",
                 "init_from": "text_sft", "set": {**branch, **noise, "loss.terms": (term,)}}

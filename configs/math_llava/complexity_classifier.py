@@ -1,4 +1,4 @@
-"""Math-LLaVA's image classifiers (seeds-digest §2.4): a ViT with a new linear head trained with
+"""Math-LLaVA's image classifiers: a ViT with a new linear head trained with
 cross-entropy to rate an image's comprehension complexity (4 levels, ``label=complexity``) or its
 clarity (0 blurred/poor, 1 clear; ``label=clarity``). Their scores drive data selection
 (``python -m mathvlm.tools.select``).
@@ -68,5 +68,4 @@ def get_config(arg=None):
     if arg.data:
         data.update({"path": arg.data, "image_root": arg.image_root, "shuffle": True})
     config.data = mc.ConfigDict(data)
-    config.train.log_every = 10
     return mc.finalize(config)

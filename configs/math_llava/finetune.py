@@ -1,5 +1,5 @@
 """Math-LLaVA: one stage of full fine-tuning of LLaVA-1.5 (LLM + projector; the CLIP tower frozen) on
-data selected by image complexity in the ratio 2:3:4:1 over levels 0–3 (seeds-digest §2.3–2.4).
+data selected by image complexity in the ratio 2:3:4:1 over levels 0–3.
 
     python -m mathvlm.main --config configs/math_llava/finetune.py:size=tiny --workdir runs/math_llava
     python -m mathvlm.main --workdir runs/math_llava_13b --config \
@@ -26,8 +26,6 @@ def get_config(arg=None):
         raise mc.ConfigError(f"ratio={arg.ratio!r}: give four weights like 2:3:4:1") from None
     config = mc.defaults()
     config.name = f"math_llava/finetune ({arg.size}, ratio {arg.ratio})"
-    config.train.step = "next_token"
-    config.loss.terms = ({"name": "next_token", "weight": 1.0},)
     config.train.trainable = "projector,decoder"
     config.init.checkpoint = arg.init
     if arg.size == "tiny":
@@ -51,5 +49,4 @@ def get_config(arg=None):
         config.optim.update({"lr": 2e-5, "warmup_steps": int(0.03 * config.train.steps),
                              "weight_decay": 0.0})
         config.checkpoint.every_steps = 2000
-    config.train.log_every = 10
     return mc.finalize(config)

@@ -1,5 +1,5 @@
 """Math-PUMA stage 3, multimodal instruction tuning: full-parameter next-token SFT on multimodal
-problems (seeds-digest §3.3), after the KL alignment of stage 2.
+problems, after the KL alignment of stage 2.
 
     python -m mathvlm.main --config configs/math_puma/instruct.py:size=tiny,init=runs/puma2 --workdir runs/puma3
     python -m mathvlm.main --workdir runs/puma3_7b --config \
@@ -20,9 +20,6 @@ def get_config(arg=None):
     recipes.check_size(arg.size, SIZES)
     config = mc.defaults()
     config.name = f"math_puma/instruct ({arg.size})"
-    config.train.step = "next_token"
-    config.loss.terms = ({"name": "next_token", "weight": 1.0},)
-    config.train.trainable = "all"
     config.init.checkpoint = arg.init
     if arg.size == "tiny":
         recipes.tiny_vlm_stage(config, "instruct", steps=arg.steps or 300, lr=1e-3, seq_len=480,
@@ -30,5 +27,4 @@ def get_config(arg=None):
     else:
         recipes.puma_real_stage(config, "instruct", arg.hf, steps=arg.steps or 2000,
                                 data_format="puma_rows", data_path=arg.data, image_root=arg.image_root)
-    config.train.log_every = 10
     return mc.finalize(config)

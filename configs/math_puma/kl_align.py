@@ -1,6 +1,6 @@
 """Math-PUMA stage 2, progressive upward alignment: the same model reads each problem text-rich
 (strong) and vision-rich (weak); the weak pass learns to match the strong one's next-token
-distribution (KL, the strong pass a fixed target) plus its own next-token loss (seeds-digest §3.3–3.4).
+distribution (KL, the strong pass a fixed target) plus its own next-token loss.
 
     python -m mathvlm.main --config configs/math_puma/kl_align.py:size=tiny,init=runs/instruct --workdir runs/puma2
     python -m mathvlm.main --workdir runs/puma2_7b --config \
@@ -46,5 +46,4 @@ def get_config(arg=None):
     else:
         recipes.puma_real_stage(config, "pairs", arg.hf, steps=arg.steps or 1000,
                                 data_format="puma_pairs", data_path=arg.data, image_root=arg.image_root)
-    config.train.log_every = 10
     return mc.finalize(config)

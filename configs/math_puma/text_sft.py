@@ -1,4 +1,4 @@
-"""Math-PUMA stage 1: text-only math SFT of the LLM (seeds-digest §3.3).
+"""Math-PUMA stage 1: text-only math SFT of the LLM.
 
     python -m mathvlm.main --config configs/math_puma/text_sft.py:size=tiny --workdir runs/puma1
     python -m mathvlm.main --workdir runs/puma1_7b --config \
@@ -24,7 +24,6 @@ def get_config(arg=None):
     recipes.check_size(arg.size, SIZES)
     config = mc.defaults()
     config.name = f"math_puma/text_sft ({arg.size})"
-    config.train.step = "next_token"
     config.loss.terms = [{"name": "next_token", "weight": 1.0}]
     if arg.size == "tiny":
         config.model = mc.ConfigDict({"name": "decoder_lm", "preset": "tiny", "vocab_size": 260})
@@ -54,5 +53,4 @@ def get_config(arg=None):
         config.optim.update({"lr": 3e-5, "warmup_steps": max(1, config.train.steps // 100),
                              "weight_decay": 0.1, "clip_norm": 1.0, "b2": 0.999})
         config.checkpoint.every_steps = 200
-    config.train.log_every = 10
     return mc.finalize(config)

@@ -1,5 +1,5 @@
 """MAVIS stage 2, diagram–language alignment: the projector (and LoRA on the LLM) learn to caption
-engine diagrams through the frozen CLIP-Math image tower (seeds-digest §1.3).
+engine diagrams through the frozen CLIP-Math image tower.
 
     python -m mathvlm.main --config configs/mavis/align.py:size=tiny,init=runs/clip_math --workdir runs/align
     python -m mathvlm.main --workdir runs/align_7b --config \
@@ -20,8 +20,6 @@ def get_config(arg=None):
     recipes.check_size(arg.size, SIZES)
     config = mc.defaults()
     config.name = f"mavis/align ({arg.size})"
-    config.train.step = "next_token"
-    config.loss.terms = ({"name": "next_token", "weight": 1.0},)
     config.init.checkpoint, config.init.params = arg.init, "vision_model:vision_tower"
     if arg.size == "tiny":
         # The tiny LLM has no pretraining to protect, so it trains whole instead of through LoRA.
@@ -37,5 +35,4 @@ def get_config(arg=None):
         config.train.steps = arg.steps or 18_375        # 1 epoch of 588K captions at batch 32
         config.optim.update({"lr": 2e-6, "warmup_steps": 200, "weight_decay": 0.0})
         config.checkpoint.every_steps = 1000
-    config.train.log_every = 10
     return mc.finalize(config)

@@ -1,5 +1,5 @@
 """MAVIS stage 1, CLIP-Math: contrastive fine-tuning of the CLIP image tower on diagram captions with
-the text tower frozen (seeds-digest §1.3).
+the text tower frozen.
 
     python -m mathvlm.main --config configs/mavis/clip_math.py:size=tiny --workdir runs/clip_math
     python -m mathvlm.main --workdir runs/clip_math_l --config \
@@ -56,5 +56,4 @@ def get_config(arg=None):
     # Held-out diagram → caption retrieval among 100 pairs, before training (step 0) and at the end.
     config.eval.evaluators = ({"name": "engine_retrieval", "num_examples": 100},)
     config.eval.at_start = True
-    config.train.log_every = 10
     return mc.finalize(config)

@@ -1,5 +1,5 @@
 """MAVIS stage 4, DPO: the stage-3 model prefers the engine's chain of thought (chosen) over its own
-wrong one (rejected); only LoRA trains, the reference is the frozen stage-3 model (seeds-digest §1.3).
+wrong one (rejected); only LoRA trains, the reference is the frozen stage-3 model.
 
     python -m mathvlm.tools.dpo_pairs --config configs/mavis/instruct.py:size=tiny --checkpoint runs/instruct \
         --num 512 --out runs/dpo_pairs
@@ -45,5 +45,4 @@ def get_config(arg=None):
     data.update({"source": "conversations", "format": "preference_rows", "path": arg.data,
                  "shuffle": True, "length_buckets": None})
     config.data = data
-    config.train.log_every = 10
     return mc.finalize(config)

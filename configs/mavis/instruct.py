@@ -1,6 +1,5 @@
 """MAVIS stage 3, instruction tuning: engine problems in every MathVerse version, answered with the
-engine's chain of thought; projector and LLM (LoRA at 7B) train, the CLIP-Math tower stays frozen
-(seeds-digest §1.3).
+engine's chain of thought; projector and LLM (LoRA at 7B) train, the CLIP-Math tower stays frozen.
 
     python -m mathvlm.main --config configs/mavis/instruct.py:size=tiny,init=runs/align --workdir runs/instruct
     python -m mathvlm.main --workdir runs/instruct_7b --config \
@@ -21,8 +20,6 @@ def get_config(arg=None):
     recipes.check_size(arg.size, SIZES)
     config = mc.defaults()
     config.name = f"mavis/instruct ({arg.size})"
-    config.train.step = "next_token"
-    config.loss.terms = ({"name": "next_token", "weight": 1.0},)
     config.init.checkpoint = arg.init            # the whole stage-2 model (empty params = everything)
     if arg.size == "tiny":
         recipes.tiny_vlm_stage(config, "instruct", steps=arg.steps or 600, lr=2e-3, seq_len=480,
@@ -38,5 +35,4 @@ def get_config(arg=None):
         config.train.steps = arg.steps or 26_063        # 1 epoch of 834K at batch 32
         config.optim.update({"lr": 2e-6, "warmup_steps": 300, "weight_decay": 0.0})
         config.checkpoint.every_steps = 1000
-    config.train.log_every = 10
     return mc.finalize(config)

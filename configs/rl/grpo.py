@@ -100,7 +100,6 @@ def get_config(arg=None):
     if arg.method == "sft":  # the engine's answers as targets: as many problems per step, no sampling
         data.update({"batch_size": prompts, "seq_len": 400 if letters else data.seq_len,
                      "length_buckets": (200, 300, 400) if letters else None})
-        config.train.log_every = 10
         return mc.finalize(config)
     config.train.step = "grpo"
     config.train.log_every = 1

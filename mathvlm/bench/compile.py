@@ -4,8 +4,8 @@
 * a 7B-shaped decoder (``vicuna-7b``: 32 layers under ``lax.scan``, remat, bf16 compute over float32
   parameters, AdamW), batch × sequence ``--batch`` × ``--seq``,
 
-each from abstract ``ShapeDtypeStruct`` state (``nnx.eval_shape`` of the model and optimizer, as
-``launch/aot_compile.py`` does) so no 7B parameters are allocated. The step is the trainer's
+each from abstract ``ShapeDtypeStruct`` state (:mod:`mathvlm.train.lowering`, the lowering
+``launch/aot_compile.py`` uses too) so no 7B parameters are allocated. The step is the trainer's
 (:func:`mathvlm.train.loop.make_train_step`) jitted with the state donated.
 """
 
@@ -23,46 +23,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seq", type=int, default=2048)
 
 
-def _batch_structs(config, batch: int, seq: int) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    out = {key: jax.ShapeDtypeStruct((batch, seq), jnp.int32)
-           for key in ("tokens", "targets", "attention_mask")}
-    out["loss_mask"] = jax.ShapeDtypeStruct((batch, seq), jnp.float32)
-    if config.model.name == "vlm":
-        size = config.data.get("image_size", 0) or config.model.vision.image_size
-        out["images"] = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-        out["image_mask"] = jax.ShapeDtypeStruct((batch,), jnp.bool_)
-    return out
-
-
 def compile_seconds(config, batch: int, seq: int) -> dict:
     """Lowering and compile seconds of ``config``'s train step on abstract state and batch."""
-    import jax
-    from flax import nnx
+    from mathvlm.train import lowering
 
-    from mathvlm.train import optim
-    from mathvlm.train.build import make_model_and_optimizer
-    from mathvlm.train.loop import make_train_step
-
-    trainable = optim.trainable_filter(config.train.trainable)
     start = time.perf_counter()
-    abstract = nnx.eval_shape(make_model_and_optimizer(config, trainable))
-    graphdef, state = nnx.split(abstract)
-    model_graphdef = nnx.split(abstract[0])[0]
+    abstract = lowering.abstract_train_state(config)
     abstract_s = time.perf_counter() - start
-    params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract[0], nnx.Param)))
-    step = jax.jit(make_train_step(config, graphdef, model_graphdef, trainable), donate_argnums=0)
     start = time.perf_counter()
-    lowered = step.lower(state, _batch_structs(config, batch, seq), None)
+    lowered = lowering.lower_train_step(config, abstract, lowering.batch_structs(config, batch, seq)[0])
     lower_s = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     temp = getattr(memory, "temp_size_in_bytes", 0) if memory is not None else 0
-    return {"params": int(params), "batch": batch, "seq": seq, "abstract_init_s": abstract_s,
+    return {"params": abstract.params, "batch": batch, "seq": seq, "abstract_init_s": abstract_s,
             "lower_s": lower_s, "compile_s": compile_s, "temp_gib": temp / 2**30}
 
 

@@ -69,16 +69,17 @@ def run(args) -> dict:
     import jax
     from flax import nnx
 
+    from mathvlm import config as mc
     from mathvlm import hf
     from mathvlm.models import generate as gen
-    from mathvlm.models.decoder import DecoderConfig, DecoderLM
+    from mathvlm.train.build import build_model
 
     fields = QUICK if args.quick else LLAMA_134M
     new, prompt_len = (8, 8) if args.quick else (args.new, args.prompt)
     reps = 1 if args.quick else args.reps
     batches = [int(b) for b in args.batches.split(",")]
-    config = DecoderConfig(**fields, param_dtype=args.dtype, dtype=args.dtype)
-    model = DecoderLM(config, rngs=nnx.Rngs(0))
+    model = build_model(mc.ConfigDict({"name": "decoder_lm", **fields, "param_dtype": args.dtype,
+                                       "dtype": args.dtype}), seed=0)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
     torch = None if args.no_torch else common.torch_or_none()

@@ -1,12 +1,12 @@
 """``python -m mathvlm.bench engine`` and ``... loader``: the input side.
 
-* engine — diagrams/s per core of the data engine (:mod:`mathvlm.engine`, the same loops as
-  ``python -m mathvlm.engine bench``): render only, and full records (problem, texts, render).
+* engine — diagrams/s per core of the data engine (:mod:`mathvlm.engine`): render only, and full
+  records (problem, texts, render).
   "Per core" is diagrams per CPU-second of this single-threaded process, which a busy machine does not
   distort; the wall-clock rate is printed next to it.
 * loader — samples/s of a tiny training config's data pipeline (the iterator the trainer reads, and
-  grain worker processes via :func:`mathvlm.data.bench.measure`) against the samples/s its train step
-  consumes on the same batches, measured in the same run.
+  the dataset through ``--workers`` grain worker processes, 0 = in-process) against the samples/s its
+  train step consumes on the same batches, measured in the same run.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def add_loader_arguments(parser) -> None:
                         help="training config whose data and step are compared")
     parser.add_argument("--workers", default="2",
                         help="grain worker-process counts to measure besides the trainer's iterator "
-                             "(mathvlm.data.bench.measure; its in-process 0 reads 500 batches ahead, "
-                             "so it overstates a sustained rate)")
+                             "(0 is in-process: it reads 500 batches ahead, so it overstates a "
+                             "sustained rate)")
     parser.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
     parser.add_argument("--steps", type=int, default=10, help="timed train steps")
 
@@ -66,11 +66,9 @@ def run_engine(args) -> dict:
     return figures
 
 
-def _iterator_rate(data_config, batches: int, seed: int = 0) -> float:
-    """Samples/s of the iterator the trainer reads (``pipeline.make_iterator``), after one batch."""
-    from mathvlm.data import pipeline
-
-    it = pipeline.make_iterator(data_config, seed=seed)
+def _samples_per_s(it, batches: int) -> float:
+    """Samples/s of iterator ``it`` over ``batches`` batches, after one warm-up batch (worker
+    start-up); closes it."""
     try:
         next(it)
         rows, start = 0, time.perf_counter()
@@ -81,6 +79,27 @@ def _iterator_rate(data_config, batches: int, seed: int = 0) -> float:
         close = getattr(it, "close", None)
         if close:
             close()
+
+
+def _iterator_rate(data_config, batches: int, seed: int = 0) -> float:
+    """Samples/s of the iterator the trainer reads (``pipeline.make_iterator``)."""
+    from mathvlm.data import pipeline
+
+    return _samples_per_s(pipeline.make_iterator(data_config, seed=seed), batches)
+
+
+def _workers_rate(data_config, *, workers: int, batches: int, seed: int = 0) -> float:
+    """Samples/s of the config's dataset read through ``workers`` grain worker processes."""
+    import grain
+
+    from mathvlm.data import pipeline
+
+    ds = pipeline.make_dataset(data_config, seed=seed)
+    if isinstance(ds, grain.MapDataset):  # packing already gives an IterDataset
+        ds = ds.to_iter_dataset()
+    if workers:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return _samples_per_s(iter(ds), batches)
 
 
 def _step_rate(config, steps: int) -> tuple[float, float, int]:
@@ -112,7 +131,6 @@ def _step_rate(config, steps: int) -> tuple[float, float, int]:
 
 def run_loader(args) -> dict:
     from mathvlm import config as mc
-    from mathvlm.data import bench as data_bench
 
     spec = "configs/text_demo.py:batch_size=8" if args.quick else args.config
     batches, steps = (3, 3) if args.quick else (args.batches, args.steps)
@@ -120,8 +138,8 @@ def run_loader(args) -> dict:
     config = mc.load(spec)
     data_rates = {"trainer_iterator": _iterator_rate(config.data, batches, config.seed)}
     for w in workers:
-        data_rates[f"workers_{w}"] = data_bench.measure(config.data, workers=w, batches=batches,
-                                                        seed=config.seed)
+        data_rates[f"workers_{w}"] = _workers_rate(config.data, workers=w, batches=batches,
+                                                   seed=config.seed)
     step_rate, step_s, params = _step_rate(config, steps)
     best = max(data_rates, key=data_rates.get)
     figures = {"config": spec, "batch_size": config.data.batch_size,

@@ -1,4 +1,4 @@
-"""Labelled images for Math-LLaVA's two image classifiers (seeds-digest §2.4), source ``engine_images``.
+"""Labelled images for Math-LLaVA's two image classifiers, source ``engine_images``.
 
 Math-LLaVA labelled 10K images with GPT-4V for *clarity* (0 blurred/poor, 1 clear) and *comprehension
 complexity* (0–3) and trained a ViT classifier for each; neither the labels nor the classifiers were

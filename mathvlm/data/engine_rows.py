@@ -73,11 +73,15 @@ class EngineVLMSource:
     """Tokenised engine rows (see module docstring). Config keys besides the pipeline's (``seq_len``,
     ``template``, ``image_size``, ``image_preprocess``, ``num_image_tokens``): ``task``, ``version``,
     ``multiple_choice`` (0–1), ``answer`` (``cot`` or ``short``: the answer line alone), ``families``, ``split`` (train/heldout), ``num_examples``,
-    ``render_size`` (engine canvas in px before preprocessing; default 224), ``path`` (a built dataset),
-    ``weak_label_noise`` (pairs, letter answers: the fraction of vision-rich members given a wrong letter)."""
+    ``render_size`` (engine canvas in px before preprocessing; default 224), ``path`` (a built dataset).
+    Pair rows are built in two steps, :meth:`pair_members` then :meth:`pair_row`, so a row transform
+    (``data.row_transforms``, :mod:`mathvlm.data.pipeline`) can change a member before tokenisation."""
 
     def __init__(self, data_config, *, seed: int, tokenizer):
         get = data_config.get
+        if get("weak_label_noise", 0.0):  # a config written before label noise became a row transform
+            raise ValueError("data.weak_label_noise is no longer read by the engine_vlm source: set "
+                             "data.row_transforms = ({'name': 'weak_label_noise', 'fraction': F},) instead")
         self.task = get("task", "instruct")
         if self.task not in TASKS:
             raise ValueError(f"data.task={self.task!r}; tasks: {TASKS}")
@@ -89,13 +93,6 @@ class EngineVLMSource:
                              "thought, or the answer line alone)")
         if not 0.0 <= self.multiple_choice <= 1.0:
             raise ValueError(f"data.multiple_choice={self.multiple_choice} must be a fraction in [0, 1]")
-        # An ablation for Math-PUMA's KL: the vision-rich member of this fraction of pairs is trained on
-        # a wrong option letter, so the text-rich target knows more than the labels.
-        self.weak_label_noise = float(get("weak_label_noise", 0.0))
-        if self.weak_label_noise and (self.task != "pairs" or self.answer != "letter"
-                                      or not 0.0 < self.weak_label_noise < 1.0):
-            raise ValueError(f"data.weak_label_noise={self.weak_label_noise}: a fraction in (0, 1), for "
-                             "data.task='pairs' with data.answer='letter' (the letter is what it changes)")
         if not get("image_size", 0):
             raise ValueError("source engine_vlm needs data.image_size (the model's input resolution)")
         engine_config = {"kind": "caption" if self.task == "caption" else self.task,
@@ -106,15 +103,6 @@ class EngineVLMSource:
         self.built = BuiltRecords(get("path"), get("split", "train")) if get("path", None) else None
         self.build = RowBuilder(data_config, tokenizer, default_template="plain")
         self._levels = None
-
-    def _noisy_letter(self, index: int, record: dict) -> str:
-        """The answer letter, or for ``weak_label_noise`` of the indices another option's (seeded)."""
-        rng = np.random.default_rng([self.engine.seed, index, 23])
-        letter = str(record["answer_mc"]).strip().upper()
-        if rng.random() >= self.weak_label_noise:
-            return letter
-        others = [c for c in "ABCD"[:len(engine_prompts.choice_list(record))] if c != letter]
-        return others[rng.integers(len(others))]
 
     def __len__(self) -> int:
         return len(self.built) if self.built is not None else len(self.engine)
@@ -150,6 +138,23 @@ class EngineVLMSource:
                                       image_size=e.image_size, families=e.families)
         return {**record, "multiple_choice": bool(mc)}
 
+    def pair_members(self, index: int) -> tuple[dict, bool, dict[str, dict]]:
+        """Pair ``index``: its record, whether it is asked in multiple-choice form, and the instruct
+        records of its text-rich and vision-rich members (``{"strong": ..., "weak": ...}``)."""
+        if self.task != "pairs":
+            raise ValueError(f"data.task={self.task!r}: pair members come from data.task='pairs'")
+        record = self._record(int(index))
+        _, mc = instruct_form(self.engine.seed, int(index), self.versions, self.multiple_choice)
+        return record, mc, {side: _pair_member(record, side) for side in ("strong", "weak")}
+
+    def pair_row(self, record: dict, mc: bool, sides: dict[str, dict]) -> dict:
+        """The tokenised pair row of :meth:`pair_members`' output (members as given)."""
+        members = {side: self.build({
+            "id": f"{record['id']}/{side}", "images": [record[side + "_image"]],
+            "conversation": engine_prompts.engine_conversation(member, mc, answer=self.answer)})
+            for side, member in sides.items()}
+        return join_members(members) | {"level": np.int32(record["complexity"])}
+
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         if self.task == "caption":
@@ -159,16 +164,7 @@ class EngineVLMSource:
                 {"role": "assistant", "content": record["caption"]}]})
             return row | {"level": np.int32(record["complexity"])}
         if self.task == "pairs":
-            record = self._record(index)
-            _, mc = instruct_form(self.engine.seed, index, self.versions, self.multiple_choice)
-            sides = {side: _pair_member(record, side) for side in ("strong", "weak")}
-            if mc and self.weak_label_noise:
-                sides["weak"]["answer_mc"] = self._noisy_letter(index, record)
-            members = {side: self.build({
-                "id": f"{record['id']}/{side}", "images": [record[side + "_image"]],
-                "conversation": engine_prompts.engine_conversation(member, mc, answer=self.answer)})
-                for side, member in sides.items()}
-            return join_members(members) | {"level": np.int32(record["complexity"])}
+            return self.pair_row(*self.pair_members(index))
         record = self.problem(index)
         mc = record["multiple_choice"]
         image = engine_prompts.engine_image(record, mc)

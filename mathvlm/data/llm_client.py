@@ -22,7 +22,7 @@ requests are never cached. Config file keys (JSON object):
 ``workers``     concurrent requests in ``augment`` (default 4)
 ==============  ==========================================================================================
 
-The prompts (:data:`PROMPTS`) follow Math-LLaVA §3.2 (seeds-digest §2.4) in our own words: *new* (AskImg,
+The prompts (:data:`PROMPTS`) follow Math-LLaVA §3.2 in our own words: *new* (AskImg,
 up to N new questions about the image, answers of at most ten words or a number, few-shot demo questions),
 *complex* (CompQ, a harder multi-step version), *rephrase* (RephQ, same meaning, same answer) and
 *underspecify* (SimpQ, shortened so that only the image makes it answerable). :func:`parse_reply` reads a

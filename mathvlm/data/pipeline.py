@@ -7,6 +7,11 @@ whose rows have complexity levels 0–3 (the source exposes ``levels``, an int a
 drawn level by level in that proportion, each level cycling through its own rows, and tagged ``level``.
 (Selecting a fixed subset with "take all of a level" is :mod:`mathvlm.tools.select`'s job.)
 
+``data.row_transforms`` (a tuple of ``{"name", <options>}``, empty in every recipe) wraps each source in
+registered ``row_transform`` s, in order, before any of the above: ``transform(source, data_config,
+seed=seed, **options)`` returns a source with the same indices (and ``levels``) whose rows it changes.
+Experiments' changes to the data live there (:mod:`mathvlm.experiments`), not in the sources.
+
 ``data.packing: True`` (text-only rows) packs several rows into each ``seq_len`` row, see
 :class:`PackedBatches`. ``data.length_buckets`` cuts each batch to the smallest bucket holding its
 longest row; with several processes the cut is agreed on the global batch by :func:`sync_bucket`.
@@ -100,9 +105,22 @@ def _subset(ds, indices: np.ndarray):
     return grain.MapDataset.range(len(indices)).map(lambda i: ds[int(indices[i])])
 
 
+def apply_row_transforms(source, data_config, *, seed: int):
+    """``source`` wrapped in the row transforms ``data.row_transforms`` names (see module docstring)."""
+    for spec in data_config.get("row_transforms", None) or ():
+        spec = dict(spec)
+        if "name" not in spec:
+            raise ValueError(f"data.row_transforms entry {spec} has no 'name'; registered: "
+                             f"{registry.names('row_transform')}")
+        options = {k: v for k, v in spec.items() if k != "name"}
+        source = registry.get("row_transform", spec["name"])(source, data_config, seed=seed, **options)
+    return source
+
+
 def _component(component_config, *, seed: int, tokenizer):
     source = registry.get("source", component_config.source)(component_config, seed=seed,
                                                               tokenizer=tokenizer)
+    source = apply_row_transforms(source, component_config, seed=seed)
     ratio = component_config.get("complexity_ratio", None)
     if ratio:
         return complexity_mix(source, ratio, seed=seed)

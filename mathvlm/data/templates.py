@@ -6,7 +6,7 @@ each flagged supervised or not; :func:`tokenize_conversation` turns the pieces i
 expanding every image slot into ``num_image_tokens`` copies of the tokenizer's image token id (the VLM
 replaces exactly those positions with projected image features).
 
-Templates (seeds-digest §2.3, §3.2):
+Templates:
 
 * ``vicuna_v1`` (Math-LLaVA / LLaVA-1.5): ``{system} USER: {q} ASSISTANT: {a}</s>USER: ...``
 * ``chatml`` (Math-PUMA Qwen2): ``<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\n`` + every image
@@ -72,14 +72,21 @@ def _check_turns(conversation) -> None:
                          "use render_prompt() for generation prompts")
 
 
-def vicuna_v1(conversation, system: str | None = None, generation: bool = False) -> list[Piece]:
-    pieces = [_text((VICUNA_SYSTEM if system is None else system) + " ")]
+def _role_turns(conversation, user: str, cue: str) -> list[Piece]:
+    """Vicuna's and DeepSeek's turns: ``user`` + question + ``cue`` per user turn, ``" "`` + answer + eos
+    (supervised) per assistant turn."""
+    pieces = []
     for turn in conversation:
         if turn["role"] == "user":
-            pieces += [_text("USER: ")] + _user_text(turn["content"], False) + [_text(" ASSISTANT:")]
+            pieces += [_text(user)] + _user_text(turn["content"], False) + [_text(cue)]
         else:
             pieces += [_text(" " + turn["content"], True), Piece("eos", supervised=True)]
     return pieces
+
+
+def vicuna_v1(conversation, system: str | None = None, generation: bool = False) -> list[Piece]:
+    return ([_text((VICUNA_SYSTEM if system is None else system) + " ")]
+            + _role_turns(conversation, "USER: ", " ASSISTANT:"))
 
 
 def chatml(conversation, system: str | None = None, generation: bool = False) -> list[Piece]:
@@ -106,12 +113,7 @@ def plain(conversation, system: str | None = None, generation: bool = False) -> 
 def deepseek(conversation, system: str | None = None, generation: bool = False) -> list[Piece]:
     system = DEEPSEEK_SYSTEM if system is None else system
     pieces = [_text(system + "\n\n")] if system else []   # an empty system adds no separator
-    for turn in conversation:
-        if turn["role"] == "user":
-            pieces += [_text("User: ")] + _user_text(turn["content"], False) + [_text("\n\nAssistant:")]
-        else:
-            pieces += [_text(" " + turn["content"], True), Piece("eos", supervised=True)]
-    return pieces
+    return pieces + _role_turns(conversation, "User: ", "\n\nAssistant:")
 
 
 TEMPLATES = {"vicuna_v1": vicuna_v1, "chatml": chatml, "plain": plain, "deepseek": deepseek}

@@ -1,23 +1,22 @@
-"""CLI: ``python -m mathvlm.engine {build,bench,gallery}``.
+"""CLI: ``python -m mathvlm.engine {build,gallery}``.
 
     build   --kind {caption,instruct,pairs} --num N --seed S --out DIR [--heldout M] [--image-size P]
             byte-reproducible; prints each split's sha256 and writes <data_dir>/SHA256SUMS
-    bench   [--seconds T] [--image-size P]       diagrams/s on one core (render only, and full records)
     gallery --out FILE.png [--seed S]            grid of every family × version
+
+Diagrams/s per core (render only, and full records): ``python -m mathvlm.bench engine``.
 """
 
 from __future__ import annotations
 
 import argparse
 import textwrap
-import time
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from mathvlm.engine import core, wording
 from mathvlm.engine.common import FAMILIES
-from mathvlm.engine.render import font, random_style
+from mathvlm.engine.render import font
 
 
 def _build(args):
@@ -32,23 +31,6 @@ def _build(args):
     for line in builders.digest_lines(builder.digest):
         print(line)
     print(f"wrote {builder.data_dir}/{builders.SHA256SUMS} (check: cd there && sha256sum -c {builders.SHA256SUMS})")
-
-
-def _bench(args):
-    problems = [core.make_problem(0, i) for i in range(60)]
-    styles = [random_style(np.random.default_rng(i), args.image_size) for i in range(60)]
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < args.seconds:
-        core.render(problems[n % 60], "vision_dominant", styles[n % 60])
-        n += 1
-    render_rate = n / (time.perf_counter() - start)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < args.seconds:
-        core.make_record(1, n, image_size=args.image_size)
-        n += 1
-    record_rate = n / (time.perf_counter() - start)
-    print(f"render: {render_rate:.0f} diagrams/s per core at {args.image_size} px")
-    print(f"full records (problem + texts + render): {record_rate:.0f} records/s per core")
 
 
 def _gallery(args):
@@ -90,14 +72,11 @@ def main(argv=None):
     b.add_argument("--out", required=True)
     b.add_argument("--heldout", type=int, default=None, help="held-out examples (default num // 10)")
     b.add_argument("--image-size", type=int, default=336, help="0 = varied per example")
-    r = sub.add_parser("bench", help="diagrams per second on one core")
-    r.add_argument("--seconds", type=float, default=5.0)
-    r.add_argument("--image-size", type=int, default=336)
     g = sub.add_parser("gallery", help="PNG grid of every family × version")
     g.add_argument("--out", required=True)
     g.add_argument("--seed", type=int, default=3)
     args = parser.parse_args(argv)
-    {"build": _build, "bench": _bench, "gallery": _gallery}[args.command](args)
+    {"build": _build, "gallery": _gallery}[args.command](args)
 
 
 if __name__ == "__main__":

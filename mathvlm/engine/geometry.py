@@ -83,7 +83,7 @@ class _Builder:
                                                    tuple(v + k * u2)], "layer": "base"})
 
 
-def _attach(b: _Builder, kind: str, u: str, v: str, s, terminal: bool):
+def _attach(b: _Builder, kind: str, u: str, v: str, s):
     """Attach shape ``kind`` on edge u→v (interior to its left). Returns the shape record or None."""
     if kind in similar.KINDS:  # similar-triangle configurations live in their own module
         return similar.attach(b, kind, u, v, s)
@@ -307,7 +307,7 @@ def generate(rng: np.random.Generator) -> dict:
         pool = SHAPES_END if last else SHAPES_MID
         rec = None
         for _ in range(6):  # a shape that would overlap an earlier one is redrawn
-            rec = _attach(b, str(pool[rng.integers(len(pool))]), edge[0], edge[1], s, last)
+            rec = _attach(b, str(pool[rng.integers(len(pool))]), edge[0], edge[1], s)
             if rec is not None and rec["targets"]:
                 break
         if rec is None:

@@ -145,7 +145,3 @@ def levenshtein(a: str, b: str) -> int:
         previous = current
     return previous[-1]
 
-
-def batched(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 
 from mathvlm import config as mc
 
-# The papers' decoding (seeds-digest §2.5, §3.6). Greedy decoding has temperature 0.
+# The papers' decoding. Greedy decoding has temperature 0.
 DECODING = {
     # Math-LLaVA eval_mathvista: temperature 0.2, num_beams 1, max_new_tokens 512 (sampling since T > 0).
     "math_llava": {"temperature": 0.2, "top_p": 1.0, "top_k": 0, "max_new_tokens": 512, "seed": 0},

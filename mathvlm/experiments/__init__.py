@@ -1,1 +1,3 @@
-"""Toy-scale experiments and diagnostics (issue 13): scripts whose figures go in the README."""
+"""Toy-scale experiments and diagnostics: scripts whose figures go in docs/results.md."""
+
+from mathvlm.experiments import label_noise  # noqa: F401  (registers the row transforms: data.row_transforms)

@@ -1,4 +1,4 @@
-"""The README's figures of the toy-scale effects (issue 13), drawn from the runs' own ``metrics.jsonl``.
+"""The figures of the toy-scale effects in docs/results.md, drawn from the runs' own ``metrics.jsonl``.
 
     python -m mathvlm.experiments.figures clip_math runs/clip --out notebooks/figures/clip_math.png
     python -m mathvlm.experiments.figures grounding runs/grounding/instruct --out notebooks/figures/grounding.png
@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from mathvlm.train.chain import final_metrics
+from mathvlm.train.metrics import final_metrics
 from mathvlm.train.metrics import read_metrics
 from mathvlm.train.summary import pyplot, save_plot
 

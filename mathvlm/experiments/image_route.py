@@ -44,7 +44,6 @@ import optax
 from flax import nnx
 
 from mathvlm import config as mc
-from mathvlm import registry
 from mathvlm.data import pipeline
 from mathvlm.data.tokenization import load_tokenizer
 from mathvlm.losses.next_token import reduce_over_tokens, token_statistics
@@ -117,10 +116,12 @@ class _BatchStandardisedTower(nnx.Module):
 
 def _vlm_runner(model_config, lr, steps, tower_pretrain=0, pretrain_batches=None, standardise="",
                 freeze_tower=False, tower_from=""):
-    fields = dict(model_config)
+    from mathvlm.train.build import build_model
+
+    fields = model_config.to_dict()
     if standardise == "fixed":
         fields["feature_norm"] = "calibrated"
-    model = registry.get("model", fields.pop("name"))(**fields, rngs=nnx.Rngs(0))
+    model = build_model(mc.ConfigDict(fields), seed=0)
     if tower_from:
         from mathvlm.train.warm_start import load_from_checkpoint
 

@@ -93,6 +93,16 @@ def _system(default: str) -> str:
             "{%- endif -%}")
 
 
+def _role_turns(user: str, cue: str) -> str:
+    """Jinja of :func:`mathvlm.data.templates._role_turns`: ``user`` + content (+ ``cue`` unless last
+    without a generation prompt) per user turn, ``' '`` + content + eos per assistant turn."""
+    return ("{%- for message in turns -%}"
+            "{%- if message['role'] == 'user' -%}{{ " + user + " }}{{ content(message['content']) }}"
+            "{%- if not loop.last or add_generation_prompt -%}{{ " + cue + " }}{%- endif -%}"
+            "{%- elif message['role'] == 'assistant' -%}"
+            "{{ ' ' }}{{ content(message['content']) }}{{ eos_token }}{%- endif -%}{%- endfor -%}")
+
+
 def chat_template_jinja(name: str, image_token: str = "<image>") -> str:
     """The Jinja chat template (for ``tokenizer.apply_chat_template``) rendering exactly what
     :func:`mathvlm.data.templates.render` renders for ``name`` (the image token in place of each
@@ -102,11 +112,7 @@ def chat_template_jinja(name: str, image_token: str = "<image>") -> str:
     cue = "{%- if not loop.last or add_generation_prompt -%}{{ CUE }}{%- endif -%}"
     if name == "vicuna_v1":
         return (_content_macro(image_token, False) + _system(templates_lib.VICUNA_SYSTEM)
-                + "{{ system + ' ' }}{%- for message in turns -%}"
-                "{%- if message['role'] == 'user' -%}{{ 'USER: ' }}{{ content(message['content']) }}"
-                + cue.replace("CUE", "' ASSISTANT:'")
-                + "{%- elif message['role'] == 'assistant' -%}"
-                "{{ ' ' }}{{ content(message['content']) }}{{ eos_token }}{%- endif -%}{%- endfor -%}")
+                + "{{ system + ' ' }}" + _role_turns("'USER: '", "' ASSISTANT:'"))
     if name == "chatml":
         return (_content_macro(image_token, True) + _system(templates_lib.CHATML_SYSTEM)
                 + "{{ '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}"
@@ -117,11 +123,8 @@ def chat_template_jinja(name: str, image_token: str = "<image>") -> str:
                 "{{ content(message['content']) }}{{ eos_token }}{{ '\\n' }}{%- endif -%}{%- endfor -%}")
     if name == "deepseek":   # DeepSeek-VL: "{system}\n\nUser: {q}\n\nAssistant: {a}<eos>User: ..."
         return (_content_macro(image_token, False) + _system(templates_lib.DEEPSEEK_SYSTEM)
-                + "{%- if system -%}{{ system + '\n\n' }}{%- endif -%}{%- for message in turns -%}"
-                "{%- if message['role'] == 'user' -%}{{ 'User: ' }}{{ content(message['content']) }}"
-                + cue.replace("CUE", "'\n\nAssistant:'")
-                + "{%- elif message['role'] == 'assistant' -%}"
-                "{{ ' ' }}{{ content(message['content']) }}{{ eos_token }}{%- endif -%}{%- endfor -%}")
+                + "{%- if system -%}{{ system + '\n\n' }}{%- endif -%}"
+                + _role_turns("'User: '", "'\n\nAssistant:'"))
     if name == "plain":
         return (_content_macro(image_token, False)
                 + "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"

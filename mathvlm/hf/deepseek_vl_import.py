@@ -28,9 +28,6 @@ from mathvlm.models.hybrid_vision import CLIP_MEAN, CLIP_STD, resize_weights
 
 IMAGE_TOKEN = "<image_placeholder>"
 EOS = "<｜end▁of▁sentence｜>"
-DEFAULT_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the "
-                  "visual content that the user provides, and assist the user with a variety of tasks "
-                  "using natural language.")
 # DeepSeek-VL's "deepseek" conversation (deepseek_vl/utils/conversation.py, SeparatorStyle.DeepSeek):
 # system + "\n\n", then "Role: message" + ["\n\n", EOS][i % 2] per turn, "Assistant:" to generate —
 # the trainer's ``deepseek`` template, as Jinja.

@@ -1,5 +1,5 @@
 """Image classification: softmax cross-entropy over a fixed set of classes (Math-LLaVA's complexity and
-clarity classifiers, seeds-digest §2.4: a ViT with a new linear head trained with CE)."""
+clarity classifiers: a ViT with a new linear head trained with CE)."""
 
 from __future__ import annotations
 

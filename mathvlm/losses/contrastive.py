@@ -10,7 +10,6 @@ negatives; the loss equals the loss of the batch with those rows removed.
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +18,6 @@ from mathvlm import registry
 from mathvlm.losses.common import example_validity, masked_mean, require, safe_divide
 
 MAX_LOGIT_SCALE = 100.0
-# Initial values of the learnable parameters in the papers (for models that own them).
-CLIP_INIT = {"log_logit_scale": math.log(1 / 0.07)}
-SIGLIP_INIT = {"log_logit_scale": math.log(10.0), "logit_bias": -10.0}
 # Excluded entries get this logit instead of -inf: exp() of it is 0, yet a fully excluded row stays
 # finite (logsumexp of -inf only would be -inf and its gradient NaN).
 _EXCLUDED = -1e9

@@ -1,5 +1,5 @@
 """Image classifier: a ViT image tower with a linear head — Math-LLaVA's clarity (2 classes) and
-comprehension-complexity (4 levels) classifiers (seeds-digest §2.4: ViT-L/16-224 + a new FC layer).
+comprehension-complexity (4 levels) classifiers (ViT-L/16-224 + a new FC layer).
 
 ``model(images [b, H, W, C]) -> logits [b, num_classes]`` (float32). ``model.features(images)`` is the
 pooled feature the head reads: ``pool="pooled"`` takes the tower's own pooled output (CLIP: post-LN class

@@ -108,7 +108,7 @@ class DecoderConfig:
         return dataclasses.replace(self, **changes)
 
 
-# Sizes from the released HF config.json files (digest §3.2 / §5).
+# Sizes from the released HF config.json files.
 _LLAMA2_7B = {
     "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_layers": 32,
     "num_heads": 32, "num_kv_heads": 32, "head_dim": 128, "rope_theta": 10000.0, "rms_eps": 1e-5,

@@ -62,12 +62,6 @@ class SamConfig:
         return self.image_size // self.patch_size
 
 
-# sam_b_downsample of the DeepSeek-VL release (1024 px, patch 16, window 14, neck 256 → 512 → 1024).
-SAM_B = {"image_size": 1024, "patch_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_layers": 12,
-         "num_heads": 12, "window_size": 14, "global_attn_indexes": (2, 5, 8, 11),
-         "output_channels": 256}
-
-
 @dataclasses.dataclass(frozen=True)
 class HybridVLMConfig:
     sam: SamConfig = dataclasses.field(default_factory=SamConfig)
@@ -95,10 +89,6 @@ class HybridVLMConfig:
     def image_size(self) -> int:
         """The side of the one [0, 1] image the model takes (the high-resolution branch's)."""
         return self.sam.image_size
-
-    @property
-    def image_sizes(self) -> dict[str, int]:
-        return {"high": self.sam.image_size, "low": self.vision.image_size}
 
 
 # ------------------------------------------------------------------------------ resampling

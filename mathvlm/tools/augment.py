@@ -1,4 +1,4 @@
-"""Math-LLaVA's question augmentation (seeds-digest §2.4): new, more complex, rephrased and underspecified
+"""Math-LLaVA's question augmentation: new, more complex, rephrased and underspecified
 questions, written as a LLaVA-JSON dataset the ``conversations`` source reads.
 
     python -m mathvlm.tools.augment (--input DATASET.json [--image-root DIR] | --engine N [--seed S])

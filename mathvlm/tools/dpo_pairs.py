@@ -6,7 +6,7 @@
 For engine problems of the training split (the same versions and multiple-choice share as the config's
 training rows), the stage-3 model answers with its chain of thought; each answer is graded against the
 engine's exact answer. A wrong answer becomes a pair: rejected = the model's CoT, chosen = the engine's
-CoT (seeds-digest §1.3: 88K wrong answers found among 582K problems). Writes ``OUT/pairs.jsonl``
+CoT (MAVIS found 88K wrong answers among 582K problems). Writes ``OUT/pairs.jsonl``
 (DPO preference rows: ``id, image, prompt, chosen, rejected``, read by ``data.format=preference_rows``),
 ``OUT/images/*.png`` and ``OUT/stats.json``; prints the counts and, as its last line, the stats as JSON.
 """

@@ -1,4 +1,4 @@
-"""Math-LLaVA data selection (seeds-digest §2.4): score a pool of images with trained clarity and
+"""Math-LLaVA data selection: score a pool of images with trained clarity and
 complexity classifiers, drop unclear images, and pick N samples in a ratio over complexity levels 0–3
 (2:3:4:1 by default), taking all of a level that has fewer than its share and spreading each level's
 picks evenly over the pool's sources. Writes a LLaVA-JSON dataset the ``conversations`` source reads.

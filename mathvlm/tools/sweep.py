@@ -179,21 +179,6 @@ def plan(sweep, *, workdir: str | None = None, steps: int = 0, overrides=(), see
     return runs
 
 
-def final_metrics(run_dir: str) -> dict:
-    """Last logged value of every metric of a run ({} when it logged nothing)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    out: dict = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        out.update(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
-    return out
-
-
 def _run_config(run_dir: str) -> dict:
     """The run's config.json ({} before it starts)."""
     try:
@@ -205,8 +190,10 @@ def _run_config(run_dir: str) -> dict:
 
 def finished(run_dir: str) -> bool:
     """The run logged its last step (config.json's train.steps)."""
+    from mathvlm.train.metrics import final_metrics  # (lazy: the sweep's own process needs no JAX)
+
     total = _run_config(run_dir).get("train", {}).get("steps")
-    return total is not None and final_metrics(run_dir).get("step", -1) >= total
+    return total is not None and final_metrics(run_dir)[0].get("step", -1) >= total
 
 
 def run_all(runs: list[dict], *, force: bool = False) -> list[dict]:
@@ -279,6 +266,8 @@ def summarize(runs: list[dict], baseline: str, label: str = "engine") -> tuple[l
     ``baseline`` the paired difference, interval, p (:func:`mathvlm.stats.paired_test`) and Holm's p over
     the points compared. A point without responses files: the mean of its logged ``<label>/...`` metrics.
     Returns the rows and facts: ``items``, ``seeds`` per point, ``fallback`` points, ``dropped``."""
+    from mathvlm.train.metrics import final_metrics
+
     points: dict[str, dict] = {}
     for run in runs:
         point = points.setdefault(run["value"], {"runs": [], "responses": []})
@@ -304,7 +293,7 @@ def summarize(runs: list[dict], baseline: str, label: str = "engine") -> tuple[l
                     rows[-1].update(diff=test["diff"], diff_lo=test["lo"], diff_hi=test["hi"], p=test["p"],
                                     significant="yes" if test["significant"] else "no")
         elif point["runs"]:
-            logged = [final_metrics(r["workdir"]) for r in point["runs"]]
+            logged = [final_metrics(r["workdir"])[0] for r in point["runs"]]
             prefixes = (f"{label}/{VERSION}", f"{label}/{COMPLEXITY}")
             names = sorted({k for m in logged for k in m if k.startswith(prefixes)})
             for name in [f"{label}/{ACCURACY}"] + names:
@@ -326,10 +315,12 @@ def collect(runs: list[dict], workdir: str, axis: str, statuses: list[dict] | No
             baseline: str | None = None, label: str = "engine") -> tuple[str, str]:
     """Write ``results.csv`` (every metric, per run), ``results_summary.csv`` (per point and group, see
     :func:`summarize`), ``results.md`` and ``results.png``; returns the paths of results.csv and results.md."""
+    from mathvlm.train.metrics import final_metrics
+
     status_of = {s["name"]: s for s in statuses or []}
     rows = []
     for run in runs:
-        metrics = final_metrics(run["workdir"])
+        metrics, _ = final_metrics(run["workdir"])
         seed = _run_config(run["workdir"]).get("seed", run["seed"])
         state = status_of.get(run["name"], {})
         done = "done" if finished(run["workdir"]) else "unfinished" if metrics else "missing"

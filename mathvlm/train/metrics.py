@@ -124,6 +124,18 @@ def read_metrics(workdir: str) -> list[dict]:
     return read_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
 
+def final_metrics(workdir: str) -> tuple[dict, list[tuple[int, float]]]:
+    """The last logged value of every metric of a run or stage ({} when it logged nothing), and its
+    (step, loss) curve."""
+    out, curve = {}, []
+    if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        for row in read_metrics(workdir):
+            out.update(row)
+            if "loss" in row:
+                curve.append((int(row["step"]), float(row["loss"])))
+    return out, curve
+
+
 # Seconds between copies of a remote run's local files to the bucket while it logs (checkpoint saves
 # and the end of the run copy them too).
 SYNC_SECONDS = 300.0

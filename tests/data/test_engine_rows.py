@@ -89,27 +89,6 @@ def test_pair_members_ask_the_evaluators_multiple_choice_forms(tokenizer):
         _pair_member(stale, "weak")
 
 
-def test_weak_label_noise_changes_only_the_vision_rich_letter(tokenizer):
-    source = make_source(tokenizer, "pairs", multiple_choice=1.0, answer="letter", weak_label_noise=0.5)
-    changed = 0
-    for index in range(40):
-        row, record = source[index], source.engine[index]
-        strong = decode_span(tokenizer, row, "strong_", "loss_mask").strip()
-        weak = decode_span(tokenizer, row, "weak_", "loss_mask").strip()
-        assert strong == f"The answer is option {record['answer_mc']}."   # the target stays right
-        assert weak.startswith("The answer is option ") and weak[-2] in "ABCD"
-        changed += weak != strong
-    assert 10 <= changed <= 30                                           # about half of 40
-    assert all(row == again for row, again in zip(
-        (decode_span(tokenizer, source[i], "weak_", "loss_mask") for i in range(8)),
-        (decode_span(tokenizer, source[i], "weak_", "loss_mask") for i in range(8))))  # seeded
-    for bad in ({"weak_label_noise": 1.0}, {"weak_label_noise": 0.5, "answer": "cot"}):
-        with pytest.raises(ValueError, match="weak_label_noise"):
-            make_source(tokenizer, "pairs", **bad)
-    with pytest.raises(ValueError, match="weak_label_noise"):
-        make_source(tokenizer, "instruct", answer="letter", weak_label_noise=0.5)
-
-
 def test_caption_rows_supervise_the_caption_only(tokenizer):
     source = make_source(tokenizer, "caption")
     row = source[0]

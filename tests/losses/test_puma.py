@@ -35,7 +35,7 @@ def pair(seed=0, strong_answers=(3, 5, 4), weak_answers=None):
 
 
 def torch_official(strong, weak, alpha, lam, temperature):
-    """Transcription of Math-PUMA ``train/vta_trainer.py`` (digest §3.4).
+    """Transcription of Math-PUMA ``train/vta_trainer.py``.
     Returns (loss, d loss / d act logits)."""
     torch = pytest.importorskip("torch")
     F = torch.nn.functional

@@ -1,4 +1,4 @@
-"""The commands the README documents, called in-process with their own argument handling (an
+"""The commands docs/scale.md documents, called in-process with their own argument handling (an
 interpreter start-up per command would double the rehearsal's time), and the checks the chains share."""
 
 from __future__ import annotations

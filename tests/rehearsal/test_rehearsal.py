@@ -1,6 +1,6 @@
 """The real-size path, rehearsed end to end: each paper's own ``size=7b|13b`` recipe, from folders in
 the released models' layouts (miniature widths, same code branches) to an exported, evaluated model,
-through the commands the README documents (``mathvlm.main``, ``mathvlm.tools.convert``, ``mathvlm.tools.dpo_pairs``,
+through the commands docs/scale.md documents (``mathvlm.main``, ``mathvlm.tools.convert``, ``mathvlm.tools.dpo_pairs``,
 ``mathvlm.tools.select``, ``mathvlm.evaluate``: their command lines, called in-process to save interpreter
 start-ups), on 8 fake devices with each recipe's own default mesh (FSDP over all of them).
 

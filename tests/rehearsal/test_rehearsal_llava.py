@@ -1,6 +1,6 @@
 """The real-size path, rehearsed end to end for Math-LLaVA: its own recipes (``size=13b`` after the
 classifier), from a folder in llava-hf/llava-1.5-13b-hf's layout (miniature widths, same code branches)
-to an exported, evaluated model, through the commands the README documents (``mathvlm.main``,
+to an exported, evaluated model, through the commands docs/scale.md documents (``mathvlm.main``,
 ``mathvlm.tools.select``, ``mathvlm.tools.convert``, ``mathvlm.evaluate``: their command lines, called in-process
 to save interpreter start-ups), on 8 fake devices with the recipe's own default mesh (FSDP over all of
 them).

@@ -1,4 +1,4 @@
-"""Reliability of a run (issue 12): kill -9 at a random step and an exact resume, a clean metrics
+"""Reliability of a run: kill -9 at a random step and an exact resume, a clean metrics
 history after resume, disk space checked before training, a failed save that keeps the previous
 checkpoint, same seed → same metrics, read threads → same batches, no pickle / remote code / network.
 

@@ -1,4 +1,4 @@
-"""The README's experiment figures are drawn from the runs' own metrics, and say what they drew."""
+"""The experiment figures of docs/results.md are drawn from the runs' own metrics, and say what they drew."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""The image-route controls of ``mathvlm.experiments.image_route`` (issue 13's grounding diagnosis)."""
+"""The image-route controls of ``mathvlm.experiments.image_route`` (the grounding diagnosis)."""
 
 import numpy as np
 import pytest
@@ -34,8 +34,8 @@ def test_swapped_images_carry_the_letter_and_nothing_else_changes():
 def test_a_tower_that_holds_the_answer_and_standardised_features_let_the_vlm_read_diagrams():
     """The located cause of the grounding stall, at a reduced budget: with the tower first trained on the
     letter (flat probe) and the image features standardised across the batch, the VLM answers from the
-    diagram (README: 93.8% vs 20.3% with another row's picture at 400 steps; either change alone stays
-    at chance, measured by the README's commands, not here: each run costs minutes)."""
+    diagram (docs/results.md: 93.8% vs 20.3% with another row's picture at 400 steps; either change alone stays
+    at chance, measured by the commands in docs/results.md, not here: each run costs minutes)."""
     quiet = {"log": lambda *a: None, "eval_every": 300, "eval_batches": 2, "tower_pretrain": 300}
     both = image_route.run(steps=300, standardise="batch", **quiet)
     assert both["accuracy"][-1] >= both["shuffled"][-1] + 0.3, both
