@@ -2,10 +2,10 @@
 
 MAVIS and Math-PUMA never released their engines; this is ours, and the project's embedded default data.
 Three families (``geometry``, ``analytic``, ``functions``) produce problems with an exact answer (sympy), a
-forward chain-of-thought, typical-mistake distractors and a machine-readable ``spec``; ``text`` turns them
+forward chain-of-thought, typical-mistake distractors and a machine-readable ``spec``; ``wording`` turns them
 into captions and the MathVerse versions; ``render`` draws them with PIL. ``core.EngineSource`` (registry
 ``source: engine``) serves records on the fly; ``builders`` writes TFDS ArrayRecord datasets; the CLI is
-``python -m mathvlm.engine {build,bench,gallery}``.
+``python -m mathvlm.engine {build,gallery}``.
 
 Record keys (all kinds): ``id``, ``family`` (plane_geometry/analytic_geometry/function), ``skill``,
 ``complexity`` (int32 0–3), ``spec`` (JSON str), ``caption``.
