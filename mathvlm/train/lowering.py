@@ -28,19 +28,22 @@ class AbstractTrainState:
     model: Any
     shardings: Any = None
 
-    @property
-    def params(self) -> int:
+    def count(self, what) -> int:
+        """Number of model values an ``nnx`` filter selects."""
         import jax
         from flax import nnx
 
-        return int(sum(x.size for x in jax.tree.leaves(nnx.state(self.model, nnx.Param))))
+        return int(sum(x.size for x in jax.tree.leaves(nnx.state(self.model, what))))
+
+    @property
+    def params(self) -> int:
+        from flax import nnx
+
+        return self.count(nnx.Param)
 
     @property
     def trainable_params(self) -> int:
-        import jax
-        from flax import nnx
-
-        return int(sum(x.size for x in jax.tree.leaves(nnx.state(self.model, self.trainable))))
+        return self.count(self.trainable)
 
 
 def abstract_train_state(config, mesh=None) -> AbstractTrainState:
