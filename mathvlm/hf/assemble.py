@@ -93,13 +93,18 @@ def _system(default: str) -> str:
             "{%- endif -%}")
 
 
+def _cue(cue: str) -> str:
+    """Jinja: the assistant cue ``cue`` after a user turn, unless it is the last one and no generation
+    prompt is asked for."""
+    return "{%- if not loop.last or add_generation_prompt -%}{{ " + cue + " }}{%- endif -%}"
+
+
 def _role_turns(user: str, cue: str) -> str:
     """Jinja of :func:`mathvlm.data.templates._role_turns`: ``user`` + content (+ ``cue`` unless last
     without a generation prompt) per user turn, ``' '`` + content + eos per assistant turn."""
     return ("{%- for message in turns -%}"
             "{%- if message['role'] == 'user' -%}{{ " + user + " }}{{ content(message['content']) }}"
-            "{%- if not loop.last or add_generation_prompt -%}{{ " + cue + " }}{%- endif -%}"
-            "{%- elif message['role'] == 'assistant' -%}"
+            + _cue(cue) + "{%- elif message['role'] == 'assistant' -%}"
             "{{ ' ' }}{{ content(message['content']) }}{{ eos_token }}{%- endif -%}{%- endfor -%}")
 
 
@@ -109,7 +114,6 @@ def chat_template_jinja(name: str, image_token: str = "<image>") -> str:
     ``<image>``, the tokenizer's ``eos_token`` for each end of turn); ``add_generation_prompt`` adds
     the assistant cue of :func:`~mathvlm.data.templates.render_prompt`."""
     templates_lib = _templates()
-    cue = "{%- if not loop.last or add_generation_prompt -%}{{ CUE }}{%- endif -%}"
     if name == "vicuna_v1":
         return (_content_macro(image_token, False) + _system(templates_lib.VICUNA_SYSTEM)
                 + "{{ system + ' ' }}" + _role_turns("'USER: '", "' ASSISTANT:'"))
@@ -118,7 +122,7 @@ def chat_template_jinja(name: str, image_token: str = "<image>") -> str:
                 + "{{ '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}"
                 "{%- for message in turns -%}{%- if message['role'] == 'user' -%}"
                 "{{ '<|im_start|>user\\n' }}{{ content(message['content']) }}{{ '<|im_end|>\\n' }}"
-                + cue.replace("CUE", "'<|im_start|>assistant\\n'")
+                + _cue("'<|im_start|>assistant\\n'")
                 + "{%- elif message['role'] == 'assistant' -%}"
                 "{{ content(message['content']) }}{{ eos_token }}{{ '\\n' }}{%- endif -%}{%- endfor -%}")
     if name == "deepseek":   # DeepSeek-VL: "{system}\n\nUser: {q}\n\nAssistant: {a}<eos>User: ..."
